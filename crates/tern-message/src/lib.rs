@@ -1,0 +1,15 @@
+//! The message object of Tern.
+//!
+//! A [`Message`] is the unit that flows from reception through the spool and
+//! the scheduled queues to delivery. It is a cheap-to-clone handle around
+//! shared state (envelope, metadata, body bytes, due time, attempt counter,
+//! scheduling constraints), so the SMTP server, the queue manager and a Lua
+//! policy holding the same message as userdata all see one value.
+//!
+//! The persisted form is split in two as KumoMTA does (spec §2.2): the raw
+//! RFC 5322 bytes go to the `data` spool and a small JSON document
+//! ([`Message::meta_spool_bytes`]) goes to the `meta` spool.
+
+pub mod message;
+
+pub use message::{Message, MessageState};
