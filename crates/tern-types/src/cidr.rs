@@ -99,7 +99,7 @@ impl<T> CidrMap<T> {
         self.entries.push((net, value));
         // Longest prefix first, so the first hit is the best one.
         self.entries
-            .sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+            .sort_by_key(|entry| std::cmp::Reverse(entry.0.prefix_len()));
         Ok(())
     }
 

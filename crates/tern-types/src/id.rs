@@ -96,12 +96,10 @@ impl serde::Serialize for SpoolId {
 
 impl<'de> serde::Deserialize<'de> for SpoolId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
+        let text = <String as serde::Deserialize>::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
     }
 }
-
-use serde::Deserialize;
 
 #[cfg(test)]
 mod tests {

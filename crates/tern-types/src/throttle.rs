@@ -118,11 +118,11 @@ impl fmt::Display for ThrottleSpec {
             f.write_str("local:")?;
         }
         let secs = self.period.as_secs();
-        let (mult, unit) = if secs % 86400 == 0 {
+        let (mult, unit) = if secs.is_multiple_of(86400) {
             (secs / 86400, "d")
-        } else if secs % 3600 == 0 {
+        } else if secs.is_multiple_of(3600) {
             (secs / 3600, "h")
-        } else if secs % 60 == 0 {
+        } else if secs.is_multiple_of(60) {
             (secs / 60, "m")
         } else {
             (secs, "s")
