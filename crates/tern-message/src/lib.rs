@@ -9,7 +9,19 @@
 //! The persisted form is split in two as KumoMTA does (spec §2.2): the raw
 //! RFC 5322 bytes go to the `data` spool and a small JSON document
 //! ([`Message::meta_spool_bytes`]) goes to the `meta` spool.
+//!
+//! Modules: [`message`] (the core type), [`headers`] (byte-level header
+//! block parsing and editing), [`edit`] (the header API on `Message`),
+//! [`address`] (parsed address headers), [`scheduling`] (validation of
+//! `set_scheduling` values).
 
+pub mod address;
+pub mod edit;
+pub mod headers;
 pub mod message;
+pub mod scheduling;
 
+pub use address::{AddressHeader, Mailbox};
+pub use edit::{ImportHeaderSpec, ImportMatch, KeyTransform};
 pub use message::{Message, MessageState};
+pub use scheduling::Scheduling;

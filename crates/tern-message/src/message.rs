@@ -229,6 +229,42 @@ impl Message {
         self.0.state.lock().data = data;
     }
 
+    /// Replace the body with `edit(current)` when it returns `Some`. The edit
+    /// runs without the lock; if another writer replaced the body meanwhile,
+    /// the edit is re-run on the new body, so concurrent edits never lose
+    /// each other's changes. Returns whether the body changed.
+    pub(crate) fn edit_data<E>(
+        &self,
+        mut edit: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>, E>,
+    ) -> Result<bool, E> {
+        loop {
+            let current = self.data();
+            let Some(updated) = edit(&current)? else {
+                return Ok(false);
+            };
+            let mut state = self.0.state.lock();
+            let unchanged =
+                state.data.as_ptr() == current.as_ptr() && state.data.len() == current.len();
+            if unchanged {
+                state.data = Bytes::from(updated);
+                state.data_dirty = true;
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Set several meta values at once (one lock, one dirty mark).
+    pub(crate) fn set_meta_many(&self, values: Vec<(String, Value)>) {
+        if values.is_empty() {
+            return;
+        }
+        let mut state = self.0.state.lock();
+        for (key, value) in values {
+            state.meta.insert(key, value);
+        }
+        state.meta_dirty = true;
+    }
+
     /// The scheduled queue name (spec §5.3): meta `queue` verbatim when it is
     /// a string, else `campaign:tenant@domain!routing_domain` built from the
     /// meta keys and the lowercased domain of the first recipient.
