@@ -18,10 +18,12 @@
 pub mod address;
 pub mod edit;
 pub mod headers;
+pub mod lua;
 pub mod message;
 pub mod scheduling;
 
 pub use address::{AddressHeader, Mailbox};
 pub use edit::{ImportHeaderSpec, ImportMatch, KeyTransform};
+pub use lua::{LuaAddressHeader, LuaEnvelopeAddress, LuaMailbox, json_to_lua, lua_to_json};
 pub use message::{Message, MessageState};
 pub use scheduling::Scheduling;

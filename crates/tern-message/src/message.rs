@@ -38,6 +38,7 @@ pub struct MessageState {
     scheduling: Option<Value>,
     data_dirty: bool,
     meta_dirty: bool,
+    force_sync: bool,
 }
 
 impl std::fmt::Debug for Message {
@@ -74,6 +75,7 @@ impl Message {
                 scheduling: None,
                 data_dirty: true,
                 meta_dirty: true,
+                force_sync: false,
             }),
         }))
     }
@@ -192,6 +194,16 @@ impl Message {
         let mut state = self.0.state.lock();
         state.scheduling = scheduling.filter(|value| !value.is_null());
         state.meta_dirty = true;
+    }
+
+    /// `msg:set_force_sync(true)`: ask the spool to write this message
+    /// durably even when the spool is configured without `flush`.
+    pub fn set_force_sync(&self, force: bool) {
+        self.0.state.lock().force_sync = force;
+    }
+
+    pub fn force_sync(&self) -> bool {
+        self.0.state.lock().force_sync
     }
 
     /// Whether the body changed since it was last written to the spool.

@@ -1,0 +1,636 @@
+//! Lua bindings: `Message` as userdata with KumoMTA's method names, plus the
+//! EnvelopeAddress and AddressHeader objects those methods return.
+//!
+//! The policy crate puts a [`Message`] into Lua with
+//! `lua.create_userdata(msg.clone())` (or passes it as an event argument,
+//! which `IntoLua` does for any `UserData`); the userdata and the server
+//! share one message. JSON values cross the boundary through mlua's serde
+//! support configured by [`json_to_lua`], so JSON `null` becomes Lua `nil`
+//! rather than mlua's `NULL` sentinel.
+//!
+//! Methods of the KumoMTA surface that Tern does not implement are still
+//! present and raise `msg:<name> is not supported by Tern yet`, so a policy
+//! fails loudly and clearly instead of with "attempt to call a nil value".
+
+use crate::address::{AddressHeader, Mailbox};
+use crate::edit::ImportHeaderSpec;
+use crate::message::Message;
+use crate::scheduling;
+use mlua::{
+    AnyUserData, Error as LuaError, FromLua, IntoLua, Lua, LuaSerdeExt, MetaMethod,
+    Result as LuaResult, Table, UserData, UserDataFields, UserDataMethods, Value as LuaValue,
+};
+use serde_json::Value as JsonValue;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tern_types::EnvelopeAddress;
+
+/// Methods of KumoMTA's message object that Tern does not provide (yet).
+/// `dkim_sign` is deliberately absent: the policy layer adds it.
+pub const UNSUPPORTED_METHODS: &[&str] = &[
+    "dkim_verify",
+    "arc_verify",
+    "arc_seal",
+    "add_authentication_results",
+    "parse_mime",
+    "parse_rfc3464",
+    "parse_rfc5965",
+    "save",
+];
+
+fn runtime_error(message: impl Into<String>) -> LuaError {
+    LuaError::RuntimeError(message.into())
+}
+
+/// Convert a JSON value to Lua: `null` becomes `nil`, arrays get mlua's
+/// array metatable so they serialise back as arrays.
+pub fn json_to_lua(lua: &Lua, value: &JsonValue) -> LuaResult<LuaValue> {
+    let options = mlua::serde::SerializeOptions::new()
+        .serialize_none_to_null(false)
+        .serialize_unit_to_null(false);
+    lua.to_value_with(value, options)
+}
+
+/// Convert a Lua value to JSON: `nil` (and mlua's `NULL`) become `null`;
+/// an empty table becomes `{}`.
+pub fn lua_to_json(lua: &Lua, value: LuaValue) -> LuaResult<JsonValue> {
+    lua.from_value(value)
+}
+
+/// An envelope address as Lua userdata: fields `user`, `domain`, `email`;
+/// `tostring()` gives the address text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LuaEnvelopeAddress(pub EnvelopeAddress);
+
+impl UserData for LuaEnvelopeAddress {
+    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("user", |_, this| Ok(this.0.user().to_string()));
+        fields.add_field_method_get("domain", |_, this| Ok(this.0.domain().to_string()));
+        fields.add_field_method_get("email", |_, this| Ok(this.0.email().to_string()));
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
+            Ok(this.0.email().to_string())
+        });
+        methods.add_meta_method(MetaMethod::Eq, |_, this, other: AnyUserData| {
+            Ok(other
+                .borrow::<LuaEnvelopeAddress>()
+                .map(|other| other.0 == this.0)
+                .unwrap_or(false))
+        });
+    }
+}
+
+/// Accept a string, an EnvelopeAddress userdata, or a single-address
+/// AddressHeader/mailbox userdata.
+fn envelope_from_lua(value: &LuaValue) -> LuaResult<EnvelopeAddress> {
+    match value {
+        LuaValue::String(text) => EnvelopeAddress::parse(&text.to_str()?).map_err(runtime_error),
+        LuaValue::UserData(ud) => {
+            if let Ok(addr) = ud.borrow::<LuaEnvelopeAddress>() {
+                return Ok(addr.0.clone());
+            }
+            if let Ok(mailbox) = ud.borrow::<LuaMailbox>() {
+                return EnvelopeAddress::parse(mailbox.0.email().map_err(runtime_error)?)
+                    .map_err(runtime_error);
+            }
+            if let Ok(header) = ud.borrow::<LuaAddressHeader>() {
+                return EnvelopeAddress::parse(header.0.email().map_err(runtime_error)?)
+                    .map_err(runtime_error);
+            }
+            Err(runtime_error(
+                "expected an address string or EnvelopeAddress",
+            ))
+        }
+        other => Err(runtime_error(format!(
+            "expected an address string or EnvelopeAddress, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+impl FromLua for LuaEnvelopeAddress {
+    fn from_lua(value: LuaValue, _lua: &Lua) -> LuaResult<Self> {
+        envelope_from_lua(&value).map(LuaEnvelopeAddress)
+    }
+}
+
+/// One mailbox of an address header: `user`, `domain`, `email`, `name`;
+/// `tostring()` gives `{"name":...,"address":...}`.
+#[derive(Clone, Debug)]
+pub struct LuaMailbox(pub Mailbox);
+
+impl UserData for LuaMailbox {
+    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("user", |_, this| this.0.user().map_err(runtime_error));
+        fields.add_field_method_get("domain", |_, this| {
+            this.0.domain().map(str::to_string).map_err(runtime_error)
+        });
+        fields.add_field_method_get("email", |_, this| {
+            this.0.email().map(str::to_string).map_err(runtime_error)
+        });
+        fields.add_field_method_get("name", |_, this| Ok(this.0.name.clone()));
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| Ok(this.0.to_json()));
+    }
+}
+
+/// A parsed address header: the single-address fields raise an error when
+/// the header holds several addresses; `list` always works.
+#[derive(Clone, Debug)]
+pub struct LuaAddressHeader(pub AddressHeader);
+
+impl UserData for LuaAddressHeader {
+    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("user", |_, this| this.0.user().map_err(runtime_error));
+        fields.add_field_method_get("domain", |_, this| {
+            this.0.domain().map(str::to_string).map_err(runtime_error)
+        });
+        fields.add_field_method_get("email", |_, this| {
+            this.0.email().map(str::to_string).map_err(runtime_error)
+        });
+        fields.add_field_method_get("name", |_, this| {
+            this.0
+                .name()
+                .map(|n| n.map(str::to_string))
+                .map_err(runtime_error)
+        });
+        fields.add_field_method_get("list", |lua, this| {
+            lua.create_sequence_from(this.0.list().iter().cloned().map(LuaMailbox))
+        });
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| Ok(this.0.to_json()));
+    }
+}
+
+fn optional_address_header(
+    header: Result<Option<AddressHeader>, String>,
+) -> LuaResult<Option<LuaAddressHeader>> {
+    header
+        .map(|h| h.map(LuaAddressHeader))
+        .map_err(runtime_error)
+}
+
+/// Names from an optional Lua list; booleans inside the list are the
+/// `FIRST_NAMED` flag of `import_x_headers { 'x-a', true }`.
+fn names_and_flag(value: Option<LuaValue>) -> LuaResult<(Option<Vec<String>>, bool)> {
+    match value {
+        None | Some(LuaValue::Nil) => Ok((None, false)),
+        Some(LuaValue::Boolean(flag)) => Ok((None, flag)),
+        Some(LuaValue::String(name)) => Ok((Some(vec![name.to_str()?.to_string()]), false)),
+        Some(LuaValue::Table(table)) => {
+            let mut names = Vec::new();
+            let mut flag = false;
+            for item in table.sequence_values::<LuaValue>() {
+                match item? {
+                    LuaValue::String(name) => names.push(name.to_str()?.to_string()),
+                    LuaValue::Boolean(b) => flag = b,
+                    other => {
+                        return Err(runtime_error(format!(
+                            "header names must be strings, got {}",
+                            other.type_name()
+                        )));
+                    }
+                }
+            }
+            Ok((Some(names), flag))
+        }
+        Some(other) => Err(runtime_error(format!(
+            "expected a list of header names, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+fn parse_due(value: LuaValue) -> LuaResult<Option<SystemTime>> {
+    match value {
+        LuaValue::Nil => Ok(None),
+        LuaValue::String(text) => {
+            let text = text.to_str()?;
+            let parsed = chrono::DateTime::parse_from_rfc3339(&text).map_err(|err| {
+                runtime_error(format!("set_due: '{text}' is not an ISO 8601 time: {err}"))
+            })?;
+            let secs = parsed.timestamp();
+            let nanos = parsed.timestamp_subsec_nanos();
+            let due = if secs >= 0 {
+                UNIX_EPOCH + Duration::new(secs as u64, nanos)
+            } else {
+                UNIX_EPOCH
+            };
+            Ok(Some(due))
+        }
+        LuaValue::Integer(secs) => Ok(Some(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))),
+        LuaValue::Number(secs) if secs.is_finite() => {
+            Ok(Some(UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0))))
+        }
+        other => Err(runtime_error(format!(
+            "set_due expects nil or an ISO 8601 time string, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+impl UserData for Message {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("id", |_, this, ()| Ok(this.id().to_string()));
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
+            Ok(format!("Message({})", this.id()))
+        });
+
+        // --- envelope ---
+        methods.add_method("sender", |_, this, ()| {
+            Ok(LuaEnvelopeAddress(this.sender()))
+        });
+        methods.add_method("set_sender", |_, this, addr: LuaValue| {
+            this.set_sender(envelope_from_lua(&addr)?);
+            Ok(())
+        });
+        methods.add_method("recipient", |lua, this, ()| {
+            let mut recipients = this.recipients();
+            match recipients.len() {
+                0 => Ok(LuaValue::Nil),
+                1 => LuaEnvelopeAddress(recipients.remove(0)).into_lua(lua),
+                _ => lua
+                    .create_sequence_from(recipients.into_iter().map(LuaEnvelopeAddress))?
+                    .into_lua(lua),
+            }
+        });
+        methods.add_method("recipient_list", |lua, this, ()| {
+            lua.create_sequence_from(this.recipients().into_iter().map(LuaEnvelopeAddress))
+        });
+        methods.add_method("set_recipient", |_, this, value: LuaValue| {
+            let recipients = match &value {
+                LuaValue::Table(table) => table
+                    .sequence_values::<LuaValue>()
+                    .map(|item| envelope_from_lua(&item?))
+                    .collect::<LuaResult<Vec<_>>>()?,
+                single => vec![envelope_from_lua(single)?],
+            };
+            if recipients.is_empty() {
+                return Err(runtime_error("set_recipient: the recipient list is empty"));
+            }
+            this.set_recipients(recipients);
+            Ok(())
+        });
+
+        // --- meta ---
+        methods.add_method("get_meta", |lua, this, key: String| {
+            match this.get_meta(&key) {
+                Some(value) => json_to_lua(lua, &value),
+                None => Ok(LuaValue::Nil),
+            }
+        });
+        methods.add_method("set_meta", |lua, this, (key, value): (String, LuaValue)| {
+            let json = lua_to_json(lua, value).map_err(|err| {
+                runtime_error(format!(
+                    "set_meta('{key}'): value is not JSON-compatible: {err}"
+                ))
+            })?;
+            this.set_meta(&key, json);
+            Ok(())
+        });
+
+        // --- data ---
+        methods.add_method("get_data", |lua, this, ()| lua.create_string(this.data()));
+        methods.add_method("set_data", |_, this, data: mlua::LuaString| {
+            this.set_data(bytes::Bytes::copy_from_slice(&data.as_bytes()));
+            Ok(())
+        });
+
+        // --- headers ---
+        methods.add_method("get_first_named_header_value", |_, this, name: String| {
+            Ok(this.get_first_named_header_value(&name))
+        });
+        methods.add_method("get_all_named_header_values", |_, this, name: String| {
+            Ok(this.get_all_named_header_values(&name))
+        });
+        methods.add_method("get_all_headers", |lua, this, ()| {
+            let headers = this.get_all_headers();
+            let result = lua.create_table_with_capacity(headers.len(), 0)?;
+            for (name, value) in headers {
+                result.push(lua.create_sequence_from([name, value])?)?;
+            }
+            Ok(result)
+        });
+        methods.add_method(
+            "append_header",
+            |_, this, (name, value, encode): (String, String, Option<bool>)| {
+                this.append_header(&name, &value, encode.unwrap_or(false))
+                    .map_err(runtime_error)
+            },
+        );
+        methods.add_method(
+            "prepend_header",
+            |_, this, (name, value, encode): (String, String, Option<bool>)| {
+                this.prepend_header(&name, &value, encode.unwrap_or(false))
+                    .map_err(runtime_error)
+            },
+        );
+        methods.add_method("remove_all_named_headers", |_, this, name: String| {
+            this.remove_all_named_headers(&name);
+            Ok(())
+        });
+        methods.add_method(
+            "import_x_headers",
+            |_, this, (names, first): (Option<LuaValue>, Option<bool>)| {
+                let (names, flag) = names_and_flag(names)?;
+                this.import_x_headers(names.as_deref(), first.unwrap_or(flag));
+                Ok(())
+            },
+        );
+        methods.add_method("remove_x_headers", |_, this, names: Option<LuaValue>| {
+            let (names, _) = names_and_flag(names)?;
+            this.remove_x_headers(names.as_deref());
+            Ok(())
+        });
+        methods.add_method("import_headers", |lua, this, specs: LuaValue| {
+            let specs: Vec<ImportHeaderSpec> = lua
+                .from_value(specs)
+                .map_err(|err| runtime_error(format!("import_headers: {err}")))?;
+            this.import_headers(&specs).map_err(runtime_error)
+        });
+        methods.add_method("from_header", |_, this, ()| {
+            optional_address_header(this.from_header())
+        });
+        methods.add_method("to_header", |_, this, ()| {
+            optional_address_header(this.to_header())
+        });
+        methods.add_method("get_address_header", |_, this, name: String| {
+            optional_address_header(this.get_address_header(&name))
+        });
+
+        // --- scheduling and queueing ---
+        methods.add_method("set_scheduling", |lua, this, value: LuaValue| {
+            if value.is_nil() {
+                this.set_scheduling(None);
+                return Ok(LuaValue::Nil);
+            }
+            let json = lua_to_json(lua, value)?;
+            let validated = scheduling::validate(json).map_err(runtime_error)?;
+            this.set_scheduling(Some(validated.clone()));
+            json_to_lua(lua, &validated)
+        });
+        methods.add_method(
+            "import_scheduling_header",
+            |lua, this, (name, remove): (String, Option<bool>)| match this
+                .import_scheduling_header(&name, remove.unwrap_or(false))
+                .map_err(runtime_error)?
+            {
+                Some(value) => json_to_lua(lua, &value),
+                None => Ok(LuaValue::Nil),
+            },
+        );
+        methods.add_method("set_due", |_, this, due: LuaValue| {
+            this.set_due(parse_due(due)?);
+            Ok(())
+        });
+        methods.add_method("queue_name", |_, this, ()| {
+            this.queue_name().map_err(runtime_error)
+        });
+        methods.add_method("num_attempts", |_, this, ()| Ok(this.num_attempts()));
+        methods.add_method("increment_num_attempts", |_, this, ()| {
+            this.increment_num_attempts();
+            Ok(())
+        });
+
+        // Memory hints: Tern keeps bodies as shared `Bytes`, so there is
+        // nothing to release early; accepting the calls keeps policies that
+        // use them working.
+        methods.add_method("shrink", |_, _, ()| Ok(()));
+        methods.add_method("shrink_data", |_, _, ()| Ok(()));
+        methods.add_method("set_force_sync", |_, this, force: bool| {
+            this.set_force_sync(force);
+            Ok(())
+        });
+
+        for name in UNSUPPORTED_METHODS {
+            let message = format!("msg:{name} is not supported by Tern yet");
+            methods.add_method(*name, move |_, _, _: mlua::MultiValue| -> LuaResult<()> {
+                Err(runtime_error(message.clone()))
+            });
+        }
+    }
+}
+
+/// Register nothing globally; exposed for callers that want a Lua table of
+/// a message's meta (e.g. for logging hooks).
+pub fn meta_table(lua: &Lua, msg: &Message) -> LuaResult<Table> {
+    match json_to_lua(lua, &JsonValue::Object(msg.meta()))? {
+        LuaValue::Table(table) => Ok(table),
+        _ => lua.create_table(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tern_types::SpoolId;
+
+    const DATA: &str = "From: \"Doe, J\" <j.doe@example.com>\r\nTo: a@x.com, Team: b@y.com;\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\nX-Campaign-ID: 42\r\n\r\nHello\r\n";
+
+    fn setup() -> (Lua, Message) {
+        let lua = Lua::new();
+        let msg = Message::new(
+            SpoolId::new(),
+            EnvelopeAddress::parse("sender@example.com").unwrap(),
+            vec![EnvelopeAddress::parse("rcpt@Example.NET").unwrap()],
+            serde_json::from_str(r#"{"tenant": "acme", "nothing": null}"#).unwrap(),
+            Bytes::from_static(DATA.as_bytes()),
+        );
+        lua.globals().set("msg", msg.clone()).unwrap();
+        (lua, msg)
+    }
+
+    fn run(lua: &Lua, code: &str) {
+        if let Err(err) = lua.load(code).exec() {
+            panic!("lua failed: {err}\n{code}");
+        }
+    }
+
+    #[test]
+    fn envelope_methods() {
+        let (lua, msg) = setup();
+        run(
+            &lua,
+            r#"
+            assert(msg:id() == msg:id() and #msg:id() == 32)
+            local s = msg:sender()
+            assert(s.user == 'sender' and s.domain == 'example.com' and s.email == 'sender@example.com')
+            assert(tostring(s) == 'sender@example.com')
+            assert(msg:recipient().domain == 'Example.NET')
+            assert(#msg:recipient_list() == 1)
+            msg:set_sender('other@example.org')
+            assert(msg:sender().domain == 'example.org')
+            msg:set_recipient({'a@one.com', msg:sender()})
+            local r = msg:recipient()
+            assert(#r == 2 and r[1].email == 'a@one.com' and r[2].email == 'other@example.org')
+            msg:set_recipient(msg:recipient_list()[2])
+            assert(msg:recipient().email == 'other@example.org')
+            local ok, err = pcall(function() msg:set_sender('not an address') end)
+            assert(not ok and tostring(err):find('missing'))
+            "#,
+        );
+        assert_eq!(msg.sender().email(), "other@example.org");
+    }
+
+    #[test]
+    fn meta_round_trips_json() {
+        let (lua, msg) = setup();
+        run(
+            &lua,
+            r#"
+            assert(msg:get_meta('tenant') == 'acme')
+            assert(msg:get_meta('missing') == nil)
+            msg:set_meta('n', 123)
+            msg:set_meta('obj', { key = 'value', list = {1, 2, 3}, empty = {} })
+            msg:set_meta('flag', true)
+            local obj = msg:get_meta('obj')
+            assert(obj.key == 'value' and obj.list[3] == 3)
+            msg:set_meta('nested_null', { a = 1 })
+            msg:set_meta('n2', nil)
+            assert(msg:get_meta('n2') == nil)
+            assert(msg:queue_name() == 'acme@example.net')
+            "#,
+        );
+        assert_eq!(msg.get_meta("n"), Some(serde_json::json!(123)));
+        assert_eq!(
+            msg.get_meta("obj"),
+            Some(serde_json::json!({"key": "value", "list": [1, 2, 3], "empty": {}}))
+        );
+        assert_eq!(msg.get_meta("flag"), Some(serde_json::json!(true)));
+        let err = lua
+            .load("msg:set_meta('f', function() end)")
+            .exec()
+            .unwrap_err();
+        assert!(err.to_string().contains("not JSON-compatible"), "{err}");
+    }
+
+    #[test]
+    fn header_methods() {
+        let (lua, msg) = setup();
+        run(
+            &lua,
+            r#"
+            assert(msg:get_first_named_header_value('subject') == 'café')
+            assert(msg:get_first_named_header_value('nope') == nil)
+            local all = msg:get_all_headers()
+            assert(#all == 4 and all[1][1] == 'From' and all[4][2] == '42')
+            msg:append_header('X-Tracking', 'abc')
+            msg:prepend_header('X-First', 'ü', true)
+            assert(msg:get_first_named_header_value('X-First') == 'ü')
+            assert(#msg:get_all_named_header_values('x-tracking') == 1)
+            msg:import_x_headers()
+            assert(msg:get_meta('x_campaign_id') == '42')
+            assert(msg:get_meta('x_tracking') == 'abc')
+            msg:import_x_headers({'subject', true})
+            assert(msg:get_meta('subject') == 'café')
+            msg:remove_x_headers({'x-first'})
+            assert(msg:get_first_named_header_value('X-First') == nil)
+            msg:remove_all_named_headers('X-Tracking')
+            msg:remove_x_headers()
+            assert(msg:get_first_named_header_value('X-Campaign-ID') == nil)
+            msg:import_headers({ { name = 'Subject', target = 'subj', remove = true } })
+            assert(msg:get_meta('subj') == 'café')
+            assert(msg:get_first_named_header_value('Subject') == nil)
+            local ok, err = pcall(function() msg:append_header('Bad Name', 'x') end)
+            assert(not ok and tostring(err):find('invalid character'))
+            "#,
+        );
+        let data = msg.data();
+        assert!(data.ends_with(b"\r\n\r\nHello\r\n"));
+        assert!(data.starts_with(b"From:"));
+    }
+
+    #[test]
+    fn address_header_objects() {
+        let (lua, _msg) = setup();
+        run(
+            &lua,
+            r#"
+            local from = msg:from_header()
+            assert(from.domain == 'example.com')
+            assert(from.user == 'j.doe')
+            assert(from.email == 'j.doe@example.com')
+            assert(from.name == 'Doe, J')
+            assert(tostring(from) == '[{"name":"Doe, J","address":"j.doe@example.com"}]')
+            local to = msg:to_header()
+            local ok, err = pcall(function() return to.domain end)
+            assert(not ok and tostring(err):find('2 addresses'))
+            local list = to.list
+            assert(#list == 2 and list[1].email == 'a@x.com' and list[2].domain == 'y.com')
+            assert(list[1].name == nil)
+            assert(tostring(list[1]) == '{"name":null,"address":"a@x.com"}')
+            assert(msg:get_address_header('Cc') == nil)
+            msg:set_sender(from)
+            assert(msg:sender().email == 'j.doe@example.com')
+            "#,
+        );
+    }
+
+    #[test]
+    fn data_scheduling_and_counters() {
+        let (lua, msg) = setup();
+        run(
+            &lua,
+            r#"
+            assert(msg:get_data():find('Hello'))
+            msg:set_data('Subject: new\r\n\r\nbody\r\n')
+            assert(msg:get_first_named_header_value('Subject') == 'new')
+            local s = msg:set_scheduling { dow = 'Mon,Wed', tz = 'America/Phoenix', start = '09:00:00', ['end'] = '17:00:00' }
+            assert(s.dow == 'Mon,Wed' and s.first_attempt == nil)
+            local ok, err = pcall(function() msg:set_scheduling { dow = 'Mon' } end)
+            assert(not ok and tostring(err):find('together'))
+            msg:set_scheduling(nil)
+            assert(msg:import_scheduling_header('X-Sched') == nil)
+            assert(msg:num_attempts() == 0)
+            msg:increment_num_attempts()
+            assert(msg:num_attempts() == 1)
+            msg:set_due('2030-01-02T03:04:05Z')
+            msg:shrink()
+            msg:set_force_sync(true)
+            "#,
+        );
+        assert_eq!(msg.scheduling(), None);
+        assert_eq!(
+            msg.due(),
+            Some(UNIX_EPOCH + Duration::from_secs(1_893_553_445))
+        );
+        assert!(msg.force_sync());
+        run(&lua, "msg:set_due(nil)");
+        assert_eq!(msg.due(), None);
+        assert!(lua.load("msg:set_due('tomorrow')").exec().is_err());
+    }
+
+    #[test]
+    fn unsupported_methods_fail_clearly() {
+        let (lua, _msg) = setup();
+        for name in UNSUPPORTED_METHODS {
+            let err = lua
+                .load(format!("msg:{name}()"))
+                .exec()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("msg:{name} is not supported by Tern yet")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_null_becomes_nil() {
+        let lua = Lua::new();
+        let value = json_to_lua(&lua, &serde_json::json!({"a": null, "b": [1, null]})).unwrap();
+        let LuaValue::Table(table) = value else {
+            panic!("not a table")
+        };
+        assert!(table.get::<LuaValue>("a").unwrap().is_nil());
+        let inner: Table = table.get("b").unwrap();
+        assert!(inner.get::<LuaValue>(2).unwrap().is_nil());
+    }
+}
