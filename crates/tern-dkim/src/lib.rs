@@ -1,1 +1,41 @@
-//! Placeholder: this crate is being written.
+//! DKIM signing for Tern: RSA-SHA256 (RFC 6376) and Ed25519-SHA256 (RFC 8463).
+//!
+//! This crate is what `kumo.dkim.rsa_sha256_signer`, `kumo.dkim.ed25519_signer`,
+//! `kumo.dkim.set_signing_threads` and `msg:dkim_sign(signer)` sit on. It has
+//! no Lua in it: the policy layer deserializes the Lua parameter table into a
+//! [`SignerConfig`], asks the server's [`SignerCache`] for a [`Signer`], and
+//! prepends the header returned by [`Signer::sign`] to the message, either
+//! inline or through a [`SigningPool`] (see [`sign_on`]).
+//!
+//! Canonicalization and header assembly are implemented here (module
+//! `canon`, sans-IO); the cryptography is `ring`. Every signature form is
+//! checked against Python's `dkimpy` in `tests/dkimpy.rs`.
+
+mod cache;
+mod canon;
+mod config;
+mod key;
+mod pool;
+mod signer;
+
+pub use cache::{DEFAULT_CAPACITY, SignerCache};
+pub use config::{Algorithm, Canonicalization, SignerConfig};
+pub use pool::{SigningPool, sign_on};
+pub use signer::Signer;
+
+/// Everything that can go wrong while building a signer or signing.
+#[derive(Debug, thiserror::Error)]
+pub enum DkimError {
+    /// The signer parameters are inconsistent or malformed.
+    #[error("invalid DKIM signer configuration: {0}")]
+    Config(String),
+    /// The key could not be read or parsed.
+    #[error("DKIM key: {0}")]
+    Key(String),
+    /// The cryptographic operation failed.
+    #[error("DKIM signing failed: {0}")]
+    Sign(String),
+    /// The signing thread pool is unavailable.
+    #[error("DKIM signing pool: {0}")]
+    Pool(String),
+}

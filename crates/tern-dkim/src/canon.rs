@@ -1,0 +1,345 @@
+//! Sans-IO DKIM canonicalization (RFC 6376 §3.4): splitting a message into
+//! header fields and body, canonicalizing selected header fields into the
+//! signing input, and hashing the canonical body without building it.
+//!
+//! Lines may end in CRLF or a bare LF; canonical output always uses CRLF,
+//! which is what the message looks like once it is sent over SMTP.
+//!
+//! The body is hashed line by line with empty lines held back, so that the
+//! trailing empty lines that both algorithms ignore are never hashed. Under
+//! relaxed canonicalization a line of only spaces and tabs becomes empty
+//! and is dropped with them when it sits at the end of the body (the case
+//! `mail-auth` 0.13.3 gets wrong).
+
+use crate::config::Canonicalization;
+use memchr::memchr;
+use ring::digest;
+
+/// One header field: its name (as written, trailing whitespace removed) and
+/// its full text from the name to the end of its last line, line endings
+/// included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HeaderField<'a> {
+    pub name: &'a [u8],
+    pub raw: &'a [u8],
+}
+
+/// Split `message` into its header fields and its body (the bytes after the
+/// first empty line; empty if there is none).
+pub(crate) fn split_message(message: &[u8]) -> (Vec<HeaderField<'_>>, &[u8]) {
+    let mut fields: Vec<HeaderField<'_>> = Vec::with_capacity(24);
+    // Start of the field being collected, so continuation lines extend it.
+    let mut current: Option<(usize, usize)> = None; // (field start, name end)
+    let mut pos = 0;
+    let mut body_start = message.len();
+    while pos < message.len() {
+        let end = memchr(b'\n', &message[pos..]).map_or(message.len(), |i| pos + i + 1);
+        let content = strip_line_ending(&message[pos..end]);
+        if content.is_empty() {
+            body_start = end;
+            break;
+        }
+        if matches!(content[0], b' ' | b'\t') {
+            // Continuation of the current field; a stray one before any
+            // field is dropped.
+        } else {
+            push_field(&mut fields, message, current, pos);
+            // A line without a colon gets an empty name, which no signed
+            // header name can match.
+            let name_end = memchr(b':', content).map_or(pos, |i| pos + i);
+            current = Some((pos, name_end));
+        }
+        pos = end;
+    }
+    push_field(&mut fields, message, current, pos.min(body_start));
+    (fields, &message[body_start.min(message.len())..])
+}
+
+fn push_field<'a>(
+    fields: &mut Vec<HeaderField<'a>>,
+    message: &'a [u8],
+    current: Option<(usize, usize)>,
+    end: usize,
+) {
+    if let Some((start, name_end)) = current {
+        fields.push(HeaderField {
+            name: trim_trailing_wsp(&message[start..name_end]),
+            raw: &message[start..end],
+        });
+    }
+}
+
+fn strip_line_ending(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+fn trim_trailing_wsp(bytes: &[u8]) -> &[u8] {
+    let keep = bytes
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(0, |i| i + 1);
+    &bytes[..keep]
+}
+
+/// Append the canonical form of one header field to `out`, without a
+/// trailing CRLF (the caller adds it, except for the DKIM-Signature field
+/// itself, which is hashed without one).
+pub(crate) fn canonicalize_header(out: &mut Vec<u8>, field: &[u8], canon: Canonicalization) {
+    match canon {
+        Canonicalization::Simple => {
+            // Keep the bytes, but make every line ending CRLF.
+            let field = field.strip_suffix(b"\n").unwrap_or(field);
+            let field = field.strip_suffix(b"\r").unwrap_or(field);
+            let mut rest = field;
+            while let Some(i) = memchr(b'\n', rest) {
+                let line = &rest[..i];
+                out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+                out.extend_from_slice(b"\r\n");
+                rest = &rest[i + 1..];
+            }
+            out.extend_from_slice(rest);
+        }
+        Canonicalization::Relaxed => {
+            let colon = memchr(b':', field).unwrap_or(field.len());
+            let name = trim_trailing_wsp(&field[..colon]);
+            out.extend(name.iter().map(u8::to_ascii_lowercase));
+            out.push(b':');
+            let value = field.get(colon + 1..).unwrap_or_default();
+            let mut pending_space = false;
+            let mut wrote_any = false;
+            let mut i = 0;
+            while i < value.len() {
+                let byte = value[i];
+                i += 1;
+                match byte {
+                    // Unfold: line breaks vanish, the WSP after them stays.
+                    b'\n' => {}
+                    b'\r' if value.get(i) == Some(&b'\n') => {}
+                    b' ' | b'\t' => pending_space = wrote_any,
+                    _ => {
+                        if pending_space {
+                            out.push(b' ');
+                            pending_space = false;
+                        }
+                        out.push(byte);
+                        wrote_any = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Hash of the canonical body and its length in bytes (the `l=` value).
+pub(crate) struct BodyHash {
+    pub digest: digest::Digest,
+    pub length: u64,
+}
+
+/// Feed the canonical body to SHA-256 through a small buffer, so that the
+/// many short pieces relaxed canonicalization produces cost one copy each
+/// instead of one digest call each.
+struct HashSink {
+    context: digest::Context,
+    buffer: [u8; 2048],
+    used: usize,
+    total: u64,
+}
+
+impl HashSink {
+    fn new() -> Self {
+        Self {
+            context: digest::Context::new(&digest::SHA256),
+            buffer: [0; 2048],
+            used: 0,
+            total: 0,
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        self.total += data.len() as u64;
+        if data.len() > self.buffer.len() - self.used {
+            self.context.update(&self.buffer[..self.used]);
+            self.used = 0;
+            if data.len() >= self.buffer.len() {
+                self.context.update(data);
+                return;
+            }
+        }
+        self.buffer[self.used..self.used + data.len()].copy_from_slice(data);
+        self.used += data.len();
+    }
+
+    fn finish(mut self) -> BodyHash {
+        self.context.update(&self.buffer[..self.used]);
+        BodyHash {
+            digest: self.context.finish(),
+            length: self.total,
+        }
+    }
+}
+
+/// Hash the canonical form of `body`.
+pub(crate) fn hash_body(body: &[u8], canon: Canonicalization) -> BodyHash {
+    let mut sink = HashSink::new();
+    // Empty lines seen but not yet written: they are written only when a
+    // non-empty line follows, which drops the trailing ones.
+    let mut held_empty_lines = 0usize;
+    let mut pos = 0;
+    while pos < body.len() {
+        let end = memchr(b'\n', &body[pos..]).map_or(body.len(), |i| pos + i + 1);
+        let line = &body[pos..end];
+        pos = end;
+        let content = match line.strip_suffix(b"\n") {
+            Some(without_lf) => without_lf.strip_suffix(b"\r").unwrap_or(without_lf),
+            None => line, // last line without a line ending: one is added
+        };
+        let is_empty = match canon {
+            Canonicalization::Simple => content.is_empty(),
+            Canonicalization::Relaxed => content.iter().all(|b| matches!(b, b' ' | b'\t')),
+        };
+        if is_empty {
+            held_empty_lines += 1;
+            continue;
+        }
+        for _ in 0..held_empty_lines {
+            sink.write(b"\r\n");
+        }
+        held_empty_lines = 0;
+        match canon {
+            Canonicalization::Simple => sink.write(content),
+            Canonicalization::Relaxed => write_relaxed_line(&mut sink, content),
+        }
+        sink.write(b"\r\n");
+    }
+    if canon == Canonicalization::Simple && sink.total == 0 {
+        // RFC 6376 §3.4.3: an empty body is a single CRLF.
+        sink.write(b"\r\n");
+    }
+    sink.finish()
+}
+
+/// Relaxed body line: runs of WSP become one space, WSP at the end goes.
+fn write_relaxed_line(sink: &mut HashSink, content: &[u8]) {
+    let content = trim_trailing_wsp(content);
+    let mut rest = content;
+    while !rest.is_empty() {
+        let run_end = rest
+            .iter()
+            .position(|b| matches!(b, b' ' | b'\t'))
+            .unwrap_or(rest.len());
+        sink.write(&rest[..run_end]);
+        rest = &rest[run_end..];
+        let wsp = rest
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t'))
+            .unwrap_or(rest.len());
+        if wsp > 0 {
+            // Never at the end: trailing WSP was trimmed above.
+            sink.write(b" ");
+            rest = &rest[wsp..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Canonicalization::{Relaxed, Simple};
+
+    fn sha256(data: &[u8]) -> Vec<u8> {
+        digest::digest(&digest::SHA256, data).as_ref().to_vec()
+    }
+
+    fn body_hash(body: &[u8], canon: Canonicalization) -> (Vec<u8>, u64) {
+        let hash = hash_body(body, canon);
+        (hash.digest.as_ref().to_vec(), hash.length)
+    }
+
+    #[test]
+    fn splits_headers_with_folding_and_bare_lf() {
+        let message =
+            b"From: a@example.com\r\nSubject: one\r\n two\r\nX-Odd :v\nno colon\r\n\r\nbody\r\n";
+        let (fields, body) = split_message(message);
+        let names: Vec<&[u8]> = fields.iter().map(|f| f.name).collect();
+        assert_eq!(
+            names,
+            [&b"From"[..], &b"Subject"[..], &b"X-Odd"[..], &b""[..]]
+        );
+        assert_eq!(fields[1].raw, b"Subject: one\r\n two\r\n");
+        assert_eq!(fields[2].raw, b"X-Odd :v\n");
+        assert_eq!(body, b"body\r\n");
+        let (fields, body) = split_message(b"Subject: only headers\r\n");
+        assert_eq!(fields.len(), 1);
+        assert!(body.is_empty());
+    }
+
+    #[test]
+    fn relaxed_and_simple_headers() {
+        let mut out = Vec::new();
+        canonicalize_header(
+            &mut out,
+            b"SubJect \t:  Hello \t  world\r\n\t again  \r\n",
+            Relaxed,
+        );
+        assert_eq!(out, b"subject:Hello world again");
+        out.clear();
+        canonicalize_header(&mut out, b"Subject: a\n  b\n", Simple);
+        assert_eq!(out, b"Subject: a\r\n  b");
+        out.clear();
+        canonicalize_header(&mut out, b"X-Empty:   \r\n", Relaxed);
+        assert_eq!(out, b"x-empty:");
+    }
+
+    #[test]
+    fn simple_body_rules() {
+        assert_eq!(body_hash(b"", Simple), (sha256(b"\r\n"), 2));
+        assert_eq!(body_hash(b"\r\n\r\n", Simple), (sha256(b"\r\n"), 2));
+        assert_eq!(
+            body_hash(b"a  b \r\n\r\n \r\n\r\n", Simple),
+            (sha256(b"a  b \r\n\r\n \r\n"), 12)
+        );
+        assert_eq!(
+            body_hash(b"no newline", Simple).0,
+            sha256(b"no newline\r\n")
+        );
+        assert_eq!(
+            body_hash(b"lf\nonly\n\n", Simple).0,
+            sha256(b"lf\r\nonly\r\n")
+        );
+    }
+
+    #[test]
+    fn relaxed_body_rules_including_trailing_whitespace_lines() {
+        assert_eq!(body_hash(b"", Relaxed), (sha256(b""), 0));
+        assert_eq!(body_hash(b"\r\n \t\r\n", Relaxed), (sha256(b""), 0));
+        assert_eq!(
+            body_hash(b" a \t b\t\r\n\r\n  c  \r\n \r\n\t\r\n", Relaxed),
+            (sha256(b" a b\r\n\r\n c\r\n"), 12)
+        );
+        assert_eq!(
+            body_hash("h\u{e9}llo  w\u{f6}rld\r\n".as_bytes(), Relaxed).0,
+            sha256("h\u{e9}llo w\u{f6}rld\r\n".as_bytes())
+        );
+    }
+
+    #[test]
+    fn long_bodies_hash_like_one_piece() {
+        let line = b"0123456789 abcdefghij\tKLMNOP  \r\n";
+        let body: Vec<u8> = line
+            .iter()
+            .copied()
+            .cycle()
+            .take(line.len() * 500)
+            .collect();
+        let expected: Vec<u8> = b"0123456789 abcdefghij KLMNOP\r\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(30 * 500)
+            .collect();
+        assert_eq!(body_hash(&body, Relaxed), (sha256(&expected), 15000));
+        assert_eq!(body_hash(&body, Simple).0, sha256(&body));
+    }
+}
