@@ -592,3 +592,176 @@ where
     }
     deserializer.deserialize_any(ListVisitor(std::marker::PhantomData))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::time::Duration;
+
+    fn params(value: Value) -> Result<ResolverConfigParams, String> {
+        serde_json::from_value(value).map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn simple_and_detailed_name_servers() {
+        let parsed = params(json!({
+            "name_servers": [
+                "10.0.0.1:53",
+                {
+                    "socket_addr": "10.0.0.20:5353",
+                    "protocol": "tcp",
+                    "trust_negative_responses": false,
+                    "bind_addr": "10.0.0.2:0"
+                },
+                { "socket_addr": "[::1]:53", "protocol": "udp" }
+            ],
+            "domain": "corp.example",
+            "search": {},
+            "options": { "edns0": true, "use_hosts_file": "Never", "timeout": "2s",
+                         "positive_max_ttl": 60, "ip_strategy": "Ipv4thenIpv6",
+                         "server_ordering_strategy": "RoundRobin", "validate": false }
+        }))
+        .unwrap();
+        assert_eq!(
+            parsed.name_servers[0],
+            NameServer::new("10.0.0.1:53".parse().unwrap())
+        );
+        assert_eq!(parsed.name_servers[1].protocol, NameServerProtocol::Tcp);
+        assert!(!parsed.name_servers[1].trust_negative_responses);
+        assert_eq!(
+            parsed.name_servers[1].bind_addr,
+            Some("10.0.0.2:0".parse().unwrap())
+        );
+        assert_eq!(parsed.name_servers[2].protocol, NameServerProtocol::Udp);
+        assert!(parsed.search.is_empty());
+
+        let (config, opts) = parsed.to_hickory().unwrap();
+        assert_eq!(opts.timeout, Duration::from_secs(2));
+        assert_eq!(opts.positive_max_ttl, Some(Duration::from_secs(60)));
+        assert_eq!(opts.use_hosts_file, ResolveHosts::Never);
+        assert_eq!(opts.ip_strategy, LookupIpStrategy::Ipv4thenIpv6);
+        assert_eq!(config.domain().unwrap().to_string(), "corp.example.");
+        let servers = config.name_servers();
+        assert_eq!(
+            servers[0].connections.len(),
+            2,
+            "udp_then_tcp is both transports"
+        );
+        assert!(servers[0].connections.iter().all(|c| c.port == 53));
+        assert_eq!(servers[1].connections.len(), 1);
+        assert_eq!(servers[1].connections[0].protocol, ProtocolConfig::Tcp);
+        assert_eq!(servers[1].connections[0].port, 5353);
+        assert!(!servers[1].trust_negative_responses);
+    }
+
+    #[test]
+    fn bad_input_is_rejected_clearly() {
+        let err = params(json!({ "name_servers": ["10.0.0.1:53"], "bogus": 1 })).unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
+        let err = params(json!({ "name_servers": ["10.0.0.1:53"], "options": { "ndot": 1 } }))
+            .unwrap_err();
+        assert!(err.contains("ndot"), "{err}");
+        let err = params(json!({ "name_servers": ["10.0.0.1"] })).unwrap_err();
+        assert!(err.contains("IP:PORT"), "{err}");
+        let err = params(
+            json!({ "name_servers": [{ "socket_addr": "10.0.0.1:53", "protocol": "tls" }] }),
+        )
+        .unwrap_err();
+        assert!(err.contains("tls"), "{err}");
+        let err = params(json!({ "name_servers": [{ "socket_addr": "10.0.0.1:53", "port": 1 }] }))
+            .unwrap_err();
+        assert!(err.contains("port"), "{err}");
+        let empty = params(json!({ "name_servers": [] })).unwrap();
+        assert!(
+            empty
+                .build()
+                .unwrap_err()
+                .to_string()
+                .contains("at least one")
+        );
+    }
+
+    #[test]
+    fn unsupported_options_say_so() {
+        for (key, value) in [
+            ("validate", json!(true)),
+            ("trust_anchor_file", json!("/x")),
+        ] {
+            let parsed =
+                params(json!({ "name_servers": ["127.0.0.1:53"], "options": { key: value } }))
+                    .unwrap();
+            let err = parsed.build().unwrap_err().to_string();
+            assert_eq!(err, format!("{key} is not supported by Tern yet"));
+        }
+    }
+
+    #[test]
+    fn test_resolver_params_both_forms() {
+        let zone = "$ORIGIN example.com.\n@ 600 MX 10 mx.example.com.\n";
+        let list: TestResolverParams = serde_json::from_value(json!([zone])).unwrap();
+        assert_eq!(list, TestResolverParams::from_zones(&[zone]));
+        let table: TestResolverParams = serde_json::from_value(json!({
+            "zones": [zone, { "zone": zone, "secure": true }],
+            "servfail": ["broken.example"]
+        }))
+        .unwrap();
+        assert_eq!(table.zones.len(), 2);
+        assert!(table.zones[1].secure);
+        assert_eq!(table.servfail, ["broken.example"]);
+        let err =
+            serde_json::from_value::<TestResolverParams>(json!({ "zone": [zone] })).unwrap_err();
+        assert!(err.to_string().contains("zone"), "{err}");
+    }
+
+    #[test]
+    fn structured_resolver_specs() {
+        let spec: ResolverSpec = serde_json::from_value(json!("HickorySystemConfig")).unwrap();
+        assert_eq!(spec, ResolverSpec::HickorySystemConfig);
+        let plain: ResolverSpec =
+            serde_json::from_value(json!({ "name_servers": ["127.0.0.1:53"] })).unwrap();
+        let wrapped: ResolverSpec =
+            serde_json::from_value(json!({ "Hickory": { "name_servers": ["127.0.0.1:53"] } }))
+                .unwrap();
+        assert_eq!(plain, wrapped);
+        let test: ResolverSpec = serde_json::from_value(
+            json!({ "Test": { "zones": ["$ORIGIN a.example.\n@ 1 A 127.0.0.1\n"] } }),
+        )
+        .unwrap();
+        assert!(matches!(test, ResolverSpec::Test(_)));
+        let aggregate: ResolverSpec = serde_json::from_value(json!({
+            "Aggregate": [ { "Test": { "zones": [] } }, "HickorySystemConfig" ]
+        }))
+        .unwrap();
+        let ResolverSpec::Aggregate(list) = aggregate else {
+            panic!("aggregate expected")
+        };
+        assert_eq!(list.len(), 2);
+        let err = serde_json::from_value::<ResolverSpec>(json!({ "Unbound": {} })).unwrap_err();
+        assert!(
+            err.to_string().contains("not supported by Tern yet"),
+            "{err}"
+        );
+        let err = serde_json::from_value::<ResolverSpec>(json!("Nope")).unwrap_err();
+        assert!(err.to_string().contains("Nope"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn configured_resolver_builds() {
+        let parsed = params(json!({ "name_servers": ["127.0.0.1:53"] })).unwrap();
+        assert!(matches!(parsed.build().unwrap(), Resolver::Hickory(_)));
+        let spec: ResolverSpec = serde_json::from_value(json!({
+            "Test": ["$ORIGIN a.example.\n@ 1 A 127.0.0.1\n"]
+        }))
+        .unwrap();
+        let resolver = spec.build().unwrap();
+        let answer = resolver
+            .resolve_ip("a.example", crate::IpLookupStrategy::Ipv4Only)
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.records,
+            ["127.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+    }
+}

@@ -129,7 +129,12 @@ impl Resolver {
     ) -> Result<Answer<RData>, DnsError> {
         match self {
             Self::Hickory(resolver) => hickory_lookup(resolver, name, record_type).await,
-            Self::Test(test) => test.lookup(name, record_type),
+            Self::Test(test) => {
+                if let Some(delay) = test.delay() {
+                    tokio::time::sleep(delay).await;
+                }
+                test.lookup(name, record_type)
+            }
             Self::Aggregate(list) => {
                 let mut last_error = DnsError::NxDomain {
                     name: name.to_string(),

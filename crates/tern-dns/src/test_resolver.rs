@@ -15,6 +15,7 @@ use crate::resolver::{Answer, fully_qualify};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::txt::Parser;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// How many CNAMEs a lookup follows before giving up (loops are errors).
@@ -33,6 +34,10 @@ pub struct TestResolver {
     /// exists, so a missing type is NODATA rather than NXDOMAIN.
     existing: HashSet<Name>,
     servfail: HashSet<Name>,
+    /// Artificial latency per query, for tests of timeouts and concurrency.
+    delay: Option<Duration>,
+    /// Queries answered so far, so tests can observe caching.
+    queries: AtomicUsize,
 }
 
 impl TestResolver {
@@ -42,6 +47,8 @@ impl TestResolver {
             nodes: HashMap::new(),
             existing: HashSet::new(),
             servfail: HashSet::new(),
+            delay: None,
+            queries: AtomicUsize::new(0),
         };
         for (index, zone) in params.zones.iter().enumerate() {
             resolver.add_zone(&zone.zone, zone.secure).map_err(|err| {
@@ -57,6 +64,22 @@ impl TestResolver {
     /// Build from plain (insecure) zone texts.
     pub fn from_zones<S: AsRef<str>>(zones: &[S]) -> Result<Self, DnsError> {
         Self::new(&TestResolverParams::from_zones(zones))
+    }
+
+    /// Make every query take `delay` (tokio time) before it is answered.
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// The artificial latency set by [`Self::with_delay`].
+    pub fn delay(&self) -> Option<Duration> {
+        self.delay
+    }
+
+    /// How many queries this resolver has answered (errors included).
+    pub fn query_count(&self) -> usize {
+        self.queries.load(Ordering::Relaxed)
     }
 
     /// Number of distinct owner names loaded.
@@ -123,6 +146,7 @@ impl TestResolver {
 
     /// Answer one query.
     pub fn lookup(&self, name: &Name, record_type: RecordType) -> Result<Answer<RData>, DnsError> {
+        self.queries.fetch_add(1, Ordering::Relaxed);
         let mut current = name.to_lowercase();
         current.set_fqdn(true);
         let mut ttl = u32::MAX;
