@@ -228,15 +228,14 @@ impl DataDecoder {
     /// A CR or LF that is not part of a CRLF pair.
     fn bare_line_ending(&mut self, byte: u8) {
         match self.limits.invalid_line_endings {
-            InvalidLineEndings::Deny => {
-                self.bad_line_endings = true;
-                self.emit_raw(&[byte]);
-                if byte == b'\n' {
-                    self.line_len = 0;
+            // Deny keeps the bytes like Allow (so the size and line-length
+            // verdicts are the same) and refuses the message at the end.
+            InvalidLineEndings::Deny | InvalidLineEndings::Allow => {
+                if self.limits.invalid_line_endings == InvalidLineEndings::Deny {
+                    self.bad_line_endings = true;
                 }
-            }
-            InvalidLineEndings::Allow => {
                 if byte == b'\n' {
+                    // A bare LF still ends a line for the length limit.
                     self.emit_raw(b"\n");
                     self.line_len = 0;
                 } else {
