@@ -1,1 +1,26 @@
-//! Placeholder: this crate is being written.
+//! The Tern daemon (`tern serve`).
+//!
+//! This crate wires the focused library crates into a server and owns the
+//! process-level concerns: command-line options ([`options`]), diagnostic
+//! logging ([`diag`]), the node id ([`nodeid`]), dropping privileges
+//! ([`privileges`]), the `init`-time configuration functions such as
+//! `kumo.start_http_listener` ([`init`]), the listeners ([`http`]), and the
+//! startup sequence of §1.2 with graceful shutdown ([`startup`]).
+//!
+//! Init-time functions do not act immediately: they record what the policy
+//! asked for in an [`init::InitConfig`]; after `init` returns, the startup
+//! sequence validates the whole configuration and then binds listeners and
+//! opens spools. That is what lets `--validate` evaluate a policy without
+//! binding a port or touching a spool.
+
+pub mod diag;
+pub mod http;
+pub mod init;
+pub mod nodeid;
+pub mod options;
+pub mod privileges;
+pub mod startup;
+pub mod state;
+
+pub use options::ServeOptions;
+pub use startup::serve;

@@ -1,1 +1,67 @@
-fn main() {}
+//! `tern`: the command-line entry point.
+//!
+//! A thin layer over the library crates: it parses the command line and
+//! hands each subcommand to the crate that implements it.
+
+use clap::{Parser, Subcommand};
+use tern_server::ServeOptions;
+
+#[derive(Parser)]
+#[command(
+    name = "tern",
+    version,
+    about = "Tern: a high-volume outbound MTA configured by a KumoMTA-compatible Lua policy",
+    long_about = "Tern receives mail over ESMTP and HTTP, keeps it durably in a spool, and delivers it \
+                  under the traffic shaping your Lua policy describes. Start with `tern serve --help`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the MTA daemon (the equivalent of kumod).
+    Serve(ServeOptions),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Serve(options) => run_serve(options),
+    };
+    std::process::exit(code);
+}
+
+fn run_serve(options: ServeOptions) -> i32 {
+    let quiet = options.validate || options.script;
+    if let Err(err) =
+        tern_server::diag::init(options.diag_format, options.diag_log_dir.as_deref(), quiet)
+    {
+        eprintln!("tern: {err}");
+        return 2;
+    }
+    // Privileges are dropped before the runtime starts any thread.
+    if !quiet && let Err(err) = tern_server::privileges::drop_privileges(options.user.as_deref()) {
+        eprintln!("tern: {err}");
+        return 2;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tern")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("tern: cannot start the runtime: {err}");
+            return 2;
+        }
+    };
+    match runtime.block_on(tern_server::serve(options)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("tern: {err:#}");
+            1
+        }
+    }
+}

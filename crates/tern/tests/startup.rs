@@ -1,0 +1,229 @@
+//! Startup, validation, script mode and shutdown of the real `tern serve`.
+
+use std::process::Command;
+use std::time::Duration;
+use tern_testkit::{Builder, minimal_init};
+
+fn builder(policy: &str) -> Builder {
+    Builder::new(policy).binary(env!("CARGO_BIN_EXE_tern"))
+}
+
+fn http_policy() -> String {
+    minimal_init("  kumo.start_http_listener { listen = '127.0.0.1:0' }")
+}
+
+fn run_tern(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run tern")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn serves_liveness_after_initialization() {
+    let server = builder(&http_policy()).start().unwrap();
+    let (status, body) = server.http("GET", "/api/check-liveness/v1", None).unwrap();
+    assert_eq!((status, body.as_str()), (200, "OK"));
+}
+
+#[test]
+fn sigterm_sigint_and_sighup_shut_down_gracefully() {
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let mut server = builder(&http_policy()).start().unwrap();
+        server.signal(signal);
+        let status = server.wait_exit(Duration::from_secs(20)).unwrap();
+        assert!(
+            status.success(),
+            "signal {signal}: {status:?}\n{}",
+            server.output()
+        );
+        assert!(
+            server.output().contains("shutdown complete"),
+            "{}",
+            server.output()
+        );
+    }
+}
+
+#[test]
+fn syntax_error_fails_startup_with_file_and_line() {
+    let mut server =
+        builder("local kumo = require 'kumo'\nkumo.on('init', function()\n  local x = = 2\nend)\n")
+            .no_wait()
+            .start()
+            .unwrap();
+    let status = server.wait_exit(Duration::from_secs(20)).unwrap();
+    assert!(!status.success());
+    let policy = server.dir().join("init.lua");
+    assert!(
+        server
+            .output()
+            .contains(&format!("{}:3:", policy.display())),
+        "{}",
+        server.output()
+    );
+}
+
+#[test]
+fn runtime_error_in_init_fails_startup_with_file_and_line() {
+    let mut server = builder(
+        "local kumo = require 'kumo'\nkumo.on('init', function()\n  kumo.define_spool { name = 'data', path = '/tmp/x' }\n  error('init exploded')\nend)\n",
+    )
+    .no_wait()
+    .start()
+    .unwrap();
+    let status = server.wait_exit(Duration::from_secs(20)).unwrap();
+    assert!(!status.success());
+    let policy = server.dir().join("init.lua");
+    let out = server.output();
+    assert!(
+        out.contains(&format!("{}:4: init exploded", policy.display())),
+        "{out}"
+    );
+    assert!(out.contains("init event"), "{out}");
+}
+
+#[test]
+fn unknown_parameter_key_is_named() {
+    let mut server = builder(&minimal_init(
+        "  kumo.start_http_listener { listen = '127.0.0.1:0', trusted_hostz = {} }",
+    ))
+    .no_wait()
+    .start()
+    .unwrap();
+    let status = server.wait_exit(Duration::from_secs(20)).unwrap();
+    assert!(!status.success());
+    let out = server.output();
+    assert!(
+        out.contains("trusted_hostz") && out.contains("kumo.start_http_listener"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_policy_without_spools_is_refused() {
+    let mut server = builder("local kumo = require 'kumo'\nkumo.on('init', function() end)\n")
+        .no_wait()
+        .start()
+        .unwrap();
+    let status = server.wait_exit(Duration::from_secs(20)).unwrap();
+    assert!(!status.success());
+    assert!(
+        server.output().contains("No spools have been defined"),
+        "{}",
+        server.output()
+    );
+}
+
+#[test]
+fn validate_accepts_a_good_policy_and_binds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let policy = dir.path().join("init.lua");
+    std::fs::write(
+        &policy,
+        minimal_init(&format!(
+            "  kumo.start_http_listener {{ listen = '127.0.0.1:{port}' }}"
+        ))
+        .replace("{dir}", &dir.path().display().to_string()),
+    )
+    .unwrap();
+    let out = run_tern(&["serve", "--validate", "--policy", policy.to_str().unwrap()]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("listener on"), "{text}");
+    // the port named by the policy is still free: nothing was bound
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("port must still be free");
+    // and no spool directory was created
+    assert!(!dir.path().join("spool").exists());
+}
+
+#[test]
+fn validate_rejects_a_bad_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("init.lua");
+    std::fs::write(
+        &policy,
+        minimal_init("") + "kumo.on('validate_config', function() kumo.validation_failed() end)\n",
+    )
+    .unwrap();
+    let out = run_tern(&["serve", "--validate", "--policy", policy.to_str().unwrap()]);
+    assert!(!out.status.success());
+    std::fs::write(
+        &policy,
+        "local kumo = require 'kumo'\nkumo.on('init', function() kumo.nonsense() end)\n",
+    )
+    .unwrap();
+    let out = run_tern(&["serve", "--validate", "--policy", policy.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("kumo.nonsense is not supported by Tern yet"),
+        "{text}"
+    );
+}
+
+#[test]
+fn script_mode_runs_main_with_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("script.lua");
+    std::fs::write(
+        &policy,
+        "local kumo = require 'kumo'\nkumo.on('main', function(a, b) print('args: ' .. a .. ' ' .. b) end)\n",
+    )
+    .unwrap();
+    let out = run_tern(&[
+        "serve",
+        "--script",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--",
+        "one",
+        "two",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "args: one two");
+}
+
+#[test]
+fn help_explains_every_command() {
+    let out = run_tern(&["--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("serve"), "{text}");
+    let out = run_tern(&["serve", "--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--policy",
+        "--user",
+        "--validate",
+        "--script",
+        "--diag-log-dir",
+        "--diag-format",
+    ] {
+        assert!(text.contains(flag), "missing {flag}: {text}");
+    }
+}
+
+#[test]
+fn missing_policy_file_is_reported() {
+    let out = run_tern(&["serve", "--policy", "/no/such/init.lua", "--user", "root"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/init.lua"));
+}
