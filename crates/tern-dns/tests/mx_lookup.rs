@@ -433,3 +433,33 @@ async fn secure_zone_marks_mx_secure_and_aggregate_falls_through() {
             .is_nxdomain()
     );
 }
+
+#[tokio::test]
+async fn dns_config_builds_the_mx_layer() {
+    let spec: tern_dns::ResolverSpec = serde_json::from_value(serde_json::json!({
+        "Test": { "zones": [ZONE], "servfail": ["broken.example"] }
+    }))
+    .unwrap();
+    let config = tern_dns::DnsConfig {
+        resolver: Some(spec),
+        mx: MxSettings {
+            concurrency_limit: 4,
+            ..MxSettings::default()
+        },
+    };
+    let mx = config.build().unwrap();
+    assert_eq!(mx.settings().concurrency_limit, 4);
+    assert_eq!(mx.lookup_mx("example.com").await.unwrap().hosts.len(), 3);
+    assert_eq!(mx.cached_len(), 1);
+    // Swapping the resolver keeps the settings and starts a fresh cache.
+    let swapped = mx.with_resolver(Arc::new(Resolver::Test(
+        TestResolver::from_zones(&["$ORIGIN example.com.\n@ 60 MX 1 other.example.org.\n"])
+            .unwrap(),
+    )));
+    assert_eq!(swapped.settings().concurrency_limit, 4);
+    assert_eq!(swapped.cached_len(), 0);
+    assert_eq!(
+        swapped.lookup_mx("example.com").await.unwrap().hosts,
+        ["other.example.org."]
+    );
+}
