@@ -12,7 +12,8 @@
 //!
 //! Modules: [`message`] (the core type), [`headers`] (byte-level header
 //! block parsing and editing), [`edit`] (the header API on `Message`),
-//! [`address`] (parsed address headers), [`scheduling`] (validation of
+//! [`address`] (parsed address headers), [`mime`] (MIME walker, text
+//! appends, conformance checks and fixes), [`scheduling`] (validation of
 //! `set_scheduling` values).
 
 pub mod address;
@@ -20,6 +21,7 @@ pub mod edit;
 pub mod headers;
 pub mod lua;
 pub mod message;
+pub mod mime;
 pub mod scheduling;
 
 pub use address::{AddressHeader, Mailbox};

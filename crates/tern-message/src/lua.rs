@@ -363,6 +363,26 @@ impl UserData for Message {
             optional_address_header(this.get_address_header(&name))
         });
 
+        // --- body editing ---
+        methods.add_method("append_text_plain", |_, this, text: String| {
+            this.append_text_plain(&text).map_err(runtime_error)
+        });
+        methods.add_method("append_text_html", |_, this, html: String| {
+            this.append_text_html(&html).map_err(runtime_error)
+        });
+        methods.add_method(
+            "check_fix_conformance",
+            |_, this, (checks, fixes, options): (String, String, Option<LuaValue>)| {
+                if options.is_some_and(|o| !o.is_nil()) {
+                    return Err(runtime_error(
+                        "msg:check_fix_conformance options (detect_encoding, include_encodings, exclude_encodings) are not supported by Tern yet",
+                    ));
+                }
+                this.check_fix_conformance(&checks, &fixes)
+                    .map_err(runtime_error)
+            },
+        );
+
         // --- scheduling and queueing ---
         methods.add_method("set_scheduling", |lua, this, value: LuaValue| {
             if value.is_nil() {
@@ -604,6 +624,29 @@ mod tests {
         run(&lua, "msg:set_due(nil)");
         assert_eq!(msg.due(), None);
         assert!(lua.load("msg:set_due('tomorrow')").exec().is_err());
+    }
+
+    #[test]
+    fn body_editing_and_conformance() {
+        let (lua, msg) = setup();
+        run(
+            &lua,
+            r#"
+            local failed = msg:check_fix_conformance('MISSING_DATE_HEADER', '')
+            assert(failed == 'Message has conformance issues: MISSING_DATE_HEADER', failed)
+            assert(msg:check_fix_conformance('', 'MISSING_DATE_HEADER|MISSING_MESSAGE_ID_HEADER|MISSING_MIME_VERSION') == nil)
+            assert(msg:get_first_named_header_value('Date') ~= nil)
+            assert(msg:get_first_named_header_value('MIME-Version') == '1.0')
+            local ok, err = pcall(function() msg:check_fix_conformance('NOPE', '') end)
+            assert(not ok and tostring(err):find("unknown conformance label 'NOPE'"))
+            ok, err = pcall(function() msg:check_fix_conformance('', '', { detect_encoding = true }) end)
+            assert(not ok and tostring(err):find('not supported by Tern yet'))
+            assert(msg:append_text_plain('-- footer\r\n') == true)
+            assert(msg:get_data():find('Hello\r\n%-%- footer\r\n$'))
+            assert(msg:append_text_html('<img>') == false)
+            "#,
+        );
+        assert!(msg.data().ends_with(b"Hello\r\n-- footer\r\n"));
     }
 
     #[test]
