@@ -234,6 +234,23 @@ fn parse_due(value: LuaValue) -> LuaResult<Option<SystemTime>> {
     }
 }
 
+/// Lets Rust functions exposed to Lua take a message argument directly
+/// (`fn(msg: Message)`), e.g. `kumo.inject_message(msg)`.
+impl FromLua for Message {
+    fn from_lua(value: LuaValue, _lua: &Lua) -> LuaResult<Self> {
+        match &value {
+            LuaValue::UserData(ud) => ud
+                .borrow::<Message>()
+                .map(|msg| msg.clone())
+                .map_err(|_| runtime_error("expected a Message object")),
+            other => Err(runtime_error(format!(
+                "expected a Message object, got {}",
+                other.type_name()
+            ))),
+        }
+    }
+}
+
 impl UserData for Message {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_method("id", |_, this, ()| Ok(this.id().to_string()));
@@ -436,8 +453,8 @@ impl UserData for Message {
     }
 }
 
-/// Register nothing globally; exposed for callers that want a Lua table of
-/// a message's meta (e.g. for logging hooks).
+/// The message's whole meta object as a Lua table (for callers such as log
+/// hooks that hand meta to a policy function).
 pub fn meta_table(lua: &Lua, msg: &Message) -> LuaResult<Table> {
     match json_to_lua(lua, &JsonValue::Object(msg.meta()))? {
         LuaValue::Table(table) => Ok(table),
@@ -663,6 +680,19 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn message_passes_back_to_rust() {
+        let (lua, msg) = setup();
+        let same = lua
+            .create_function(|_, m: Message| Ok(m.id().to_string()))
+            .unwrap();
+        lua.globals().set("id_of", same).unwrap();
+        let id: String = lua.load("return id_of(msg)").eval().unwrap();
+        assert_eq!(id, msg.id().to_string());
+        let err = lua.load("return id_of('x')").eval::<String>().unwrap_err();
+        assert!(err.to_string().contains("expected a Message"), "{err}");
     }
 
     #[test]
