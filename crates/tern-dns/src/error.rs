@@ -57,6 +57,16 @@ impl DnsError {
         )
     }
 
+    /// The internal site label a scheduled queue uses (for metrics) when its
+    /// MX cannot be resolved: `NXDOMAIN:<domain>` or `DNSFAIL:<domain>`.
+    pub fn failure_site_label(&self, domain: &str) -> String {
+        if self.is_nxdomain() {
+            format!("NXDOMAIN:{domain}")
+        } else {
+            format!("DNSFAIL:{domain}")
+        }
+    }
+
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Self::Config(message.into())
     }
@@ -66,5 +76,30 @@ impl DnsError {
             name: name.to_string(),
             reason: reason.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_and_site_labels() {
+        let nx = DnsError::NxDomain {
+            name: "a.example.".into(),
+        };
+        assert!(nx.is_nxdomain() && !nx.is_transient() && !nx.is_nodata());
+        assert_eq!(nx.failure_site_label("a.example"), "NXDOMAIN:a.example");
+        let fail = DnsError::ServFail {
+            name: "a.example.".into(),
+            detail: "SERVFAIL".into(),
+        };
+        assert!(fail.is_transient() && !fail.is_nxdomain());
+        assert_eq!(fail.failure_site_label("a.example"), "DNSFAIL:a.example");
+        let nodata = DnsError::NoData {
+            name: "a.example.".into(),
+            record_type: "MX".into(),
+        };
+        assert!(nodata.is_nodata() && !nodata.is_transient());
     }
 }

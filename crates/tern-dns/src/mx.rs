@@ -182,11 +182,14 @@ impl MailExchanger {
             }
         }
         let hosts: Vec<String> = by_pref.values().flatten().cloned().collect();
-        let site_name = if hosts.iter().all(|host| host == ".") {
-            String::new()
-        } else {
-            factor_names(&hosts)
-        };
+        // The null MX "." names no site; if it is (wrongly) mixed with real
+        // hosts, leave it out of the name rather than make every label optional.
+        let named: Vec<&str> = hosts
+            .iter()
+            .map(String::as_str)
+            .filter(|host| *host != ".")
+            .collect();
+        let site_name = factor_names(&named);
         Self {
             domain_name: name.to_ascii(),
             hosts,

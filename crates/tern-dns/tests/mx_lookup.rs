@@ -463,3 +463,16 @@ async fn dns_config_builds_the_mx_layer() {
         ["other.example.org."]
     );
 }
+
+#[tokio::test]
+async fn null_mx_mixed_with_hosts_is_left_out_of_the_site_name() {
+    let resolver = TestResolver::from_zones(&[
+        "$ORIGIN mixed.example.\n@ 60 MX 0 .\n@ 60 MX 10 mx.mixed.example.\n",
+    ])
+    .unwrap();
+    let mx = MxResolver::new(Arc::new(Resolver::Test(resolver)), MxSettings::default());
+    let answer = mx.lookup_mx("mixed.example").await.unwrap();
+    assert_eq!(answer.hosts, [".", "mx.mixed.example."]);
+    assert!(!answer.is_null_mx());
+    assert_eq!(answer.site_name, "mx.mixed.example");
+}
