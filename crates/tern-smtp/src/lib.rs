@@ -21,6 +21,7 @@
 //!   length and line-ending rules; smuggling-safe).
 //! * [`session`]: command ordering, EHLO extension list, AUTH PLAIN and
 //!   XCLIENT argument decoding.
+//! * [`proxy`]: HAProxy PROXY v1/v2 header parsing (`require_proxy_protocol`).
 //! * [`client`]: the delivery side: reply reader, EHLO capabilities, command
 //!   lines, dot-stuffing, outcome classification.
 
@@ -28,11 +29,13 @@ pub mod client;
 pub mod command;
 pub mod data;
 pub mod line;
+pub mod proxy;
 pub mod reply;
 pub mod session;
 
 pub use command::{Command, CommandError, EsmtpParam, parse_command};
 pub use data::{DataDecoder, DataError, DataLimits, DataProgress, InvalidLineEndings};
 pub use line::{DEFAULT_LINE_LENGTH_LIMIT, LineReader, LineTooLong};
+pub use proxy::{ProxyError, ProxyHeader, parse_proxy_header};
 pub use reply::{EnhancedCode, Reply, ReplyParseError};
 pub use session::{AuthPlain, SessionState, XClientUpdate, decode_auth_plain};

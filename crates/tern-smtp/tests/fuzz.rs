@@ -102,6 +102,14 @@ fn parsers_never_panic_on_random_input() {
             assert!(err.reply().code == 501);
         }
 
+        let _ = tern_smtp::parse_proxy_header(&input);
+        let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+        v2.extend_from_slice(&input);
+        let _ = tern_smtp::parse_proxy_header(&v2);
+        let mut v1 = b"PROXY ".to_vec();
+        v1.extend_from_slice(&input);
+        let _ = tern_smtp::parse_proxy_header(&v1);
+
         let text = String::from_utf8_lossy(&input);
         let _ = decode_auth_plain(&text);
         if let Ok(reply) = Reply::parse(&text) {
