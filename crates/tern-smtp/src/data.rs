@@ -25,10 +25,12 @@
 //! and only steps byte by byte around line endings.
 
 use crate::reply::Reply;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// What to do with a bare CR or LF inside DATA (`invalid_line_endings`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+/// Deserialises from the listener parameter strings `"Deny"`, `"Allow"`,
+/// `"Fix"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum InvalidLineEndings {
     /// Reject the message with `552 5.6.0`.
     #[default]
@@ -326,6 +328,17 @@ mod tests {
         let (consumed, finished) = decode_all(DataLimits::default(), input);
         assert_eq!(finished, Some(Ok(b"Subject: hi\r\n\r\nbody\r\n".to_vec())));
         assert_eq!(&input[consumed..], b"QUIT\r\n");
+    }
+
+    #[test]
+    fn invalid_line_endings_parameter_values() {
+        use serde::de::value::{Error, StrDeserializer};
+        let parse = |text| InvalidLineEndings::deserialize(StrDeserializer::<Error>::new(text));
+        assert_eq!(parse("Deny"), Ok(InvalidLineEndings::Deny));
+        assert_eq!(parse("Allow"), Ok(InvalidLineEndings::Allow));
+        assert_eq!(parse("Fix"), Ok(InvalidLineEndings::Fix));
+        assert!(parse("fix").is_err());
+        assert_eq!(InvalidLineEndings::default(), InvalidLineEndings::Deny);
     }
 
     #[test]

@@ -18,7 +18,10 @@
 use std::fmt;
 
 /// An RFC 3463 enhanced status code, `class.subject.detail`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+///
+/// Serialises as `{"class":5,"subject":7,"detail":1}`, the shape of
+/// `response.enhanced_code` in log records (spec §12.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct EnhancedCode {
     pub class: u8,
     pub subject: u16,
@@ -114,16 +117,16 @@ impl Reply {
 
     /// Append the wire form (each line ending in CRLF) to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
         let mut code_buf = itoa3(self.code);
-        let enhanced = self.enhanced.map(|e| e.to_string());
         let mut lines = self.text.split('\n').peekable();
         while let Some(line) = lines.next() {
             let line = line.strip_suffix('\r').unwrap_or(line);
             code_buf[3] = if lines.peek().is_some() { b'-' } else { b' ' };
             out.extend_from_slice(&code_buf);
-            if let Some(enhanced) = &enhanced {
-                out.extend_from_slice(enhanced.as_bytes());
-                out.push(b' ');
+            if let Some(enhanced) = self.enhanced {
+                // Writing into a Vec cannot fail.
+                let _ = write!(out, "{enhanced} ");
             }
             out.extend_from_slice(line.as_bytes());
             out.extend_from_slice(b"\r\n");
@@ -135,6 +138,15 @@ impl Reply {
         let mut out = Vec::with_capacity(self.text.len() + 16);
         self.write_to(&mut out);
         out
+    }
+
+    /// `[enhanced ]text`: the message as KumoMTA hands it to policy, e.g.
+    /// the `text` argument of `smtp_server_rewrite_response`.
+    pub fn full_text(&self) -> String {
+        match self.enhanced {
+            Some(enhanced) => format!("{enhanced} {}", self.text),
+            None => self.text.clone(),
+        }
     }
 
     /// `code [enhanced ]text` on one line, line breaks turned into spaces.
@@ -689,6 +701,25 @@ mod tests {
         );
         assert_eq!(wire(Reply::new(421, None, "a\r\nb")), "421-a\r\n421 b\r\n");
         assert_eq!(wire(Reply::auth_continue()), "334 \r\n");
+    }
+
+    #[test]
+    fn full_text_and_serde_shape() {
+        assert_eq!(Reply::auth_ok().full_text(), "2.7.0 AUTH OK!");
+        assert_eq!(Reply::rset().full_text(), "Reset state");
+        let round = Reply::from_code_and_text(550, &Reply::relaying_not_permitted().full_text());
+        assert_eq!(round, Reply::relaying_not_permitted());
+        // Field names as in the `response.enhanced_code` log object.
+        let code = EnhancedCode::new(5, 7, 1);
+        let de: EnhancedCode =
+            serde::Deserialize::deserialize(serde::de::value::MapDeserializer::<
+                _,
+                serde::de::value::Error,
+            >::new(
+                [("class", 5u16), ("subject", 7), ("detail", 1)].into_iter(),
+            ))
+            .unwrap();
+        assert_eq!(de, code);
     }
 
     #[test]
