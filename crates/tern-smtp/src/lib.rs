@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Modules:
-//! * [`line`]: incremental command-line splitting with a hard length limit.
+//! * [`mod@line`]: incremental command-line splitting with a hard length limit.
 //! * [`command`]: one line → [`Command`], with the exact error replies.
 //! * [`reply`]: [`Reply`] formatting and parsing, and every fixed reply text
 //!   of the KumoMTA listener.
