@@ -1,0 +1,367 @@
+//! The `RocksDB` spool kind: key = the id's 16 bytes, value = the stored
+//! bytes, in a RocksDB database at the spool path.
+//!
+//! Group commit: stores and removes go to one writer thread, which drains
+//! everything queued into a single `WriteBatch` and writes it with
+//! `sync = true` (when `flush` and the batch holds a store), so one WAL
+//! fdatasync covers every message in the batch; then it wakes the waiters.
+//! Removes ride along with stores and are never synced on their own (a lost
+//! delete is a duplicate delivery, not a loss). Loads and enumeration read
+//! the database directly from blocking threads.
+//!
+//! Linked to the system `librocksdb` (Debian's 7.8) through the `rocksdb`
+//! crate 0.20.x; see `build.rs`.
+
+use crate::config::{CompressionType, LogLevel, RocksParams};
+use crate::enumerate::{self, Enumeration, SpoolEntry};
+use crate::health::HealthGate;
+use crate::{Counters, Pending, Result, SpoolError, SpoolId, blocking};
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rocksdb::{DB, DBCompressionType, ErrorKind, IteratorMode, Options, WriteBatch, WriteOptions};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Most requests folded into one `WriteBatch`.
+const MAX_BATCH: usize = 4096;
+
+enum Request {
+    Store {
+        id: SpoolId,
+        bytes: Bytes,
+        done: oneshot::Sender<Result<()>>,
+    },
+    Remove {
+        id: SpoolId,
+        done: oneshot::Sender<Result<()>>,
+    },
+    Close {
+        done: oneshot::Sender<Result<()>>,
+    },
+    Shutdown,
+}
+
+pub(crate) struct Rocks {
+    db: Arc<DB>,
+    tx: mpsc::Sender<Request>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    gate: Arc<HealthGate>,
+    path: String,
+}
+
+fn storage_error(context: &str, err: rocksdb::Error) -> SpoolError {
+    SpoolError::Storage(format!("{context}: {err}"))
+}
+
+fn is_fatal(err: &rocksdb::Error) -> bool {
+    matches!(err.kind(), ErrorKind::Corruption | ErrorKind::IOError)
+}
+
+/// RocksDB options for `params`, plus Tern's fixed choices.
+pub(crate) fn options(params: &RocksParams) -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    if let Some(threads) = params.increase_parallelism {
+        opts.increase_parallelism(threads);
+    }
+    if let Some(budget) = params.optimize_level_style_compaction {
+        opts.optimize_level_style_compaction(budget);
+    }
+    if let Some(budget) = params.optimize_universal_style_compaction {
+        opts.optimize_universal_style_compaction(budget);
+    }
+    opts.set_paranoid_checks(params.paranoid_checks);
+    opts.set_compression_type(match params.compression_type {
+        CompressionType::None => DBCompressionType::None,
+        CompressionType::Snappy => DBCompressionType::Snappy,
+        CompressionType::Zlib => DBCompressionType::Zlib,
+        CompressionType::Bz2 => DBCompressionType::Bz2,
+        CompressionType::Lz4 => DBCompressionType::Lz4,
+        CompressionType::Lz4hc => DBCompressionType::Lz4hc,
+        CompressionType::Zstd => DBCompressionType::Zstd,
+    });
+    if let Some(size) = params.compaction_readahead_size {
+        opts.set_compaction_readahead_size(size);
+    }
+    if let Some(dynamic) = params.level_compaction_dynamic_level_bytes {
+        opts.set_level_compaction_dynamic_level_bytes(dynamic);
+    }
+    if let Some(files) = params.max_open_files {
+        opts.set_max_open_files(files);
+    }
+    if let Some(size) = params.write_buffer_size {
+        opts.set_write_buffer_size(size);
+    }
+    if let Some(trigger) = params.level0_stop_writes_trigger {
+        opts.set_level_zero_stop_writes_trigger(trigger);
+    }
+    opts.set_log_level(match params.log_level {
+        LogLevel::Debug => rocksdb::LogLevel::Debug,
+        LogLevel::Info => rocksdb::LogLevel::Info,
+        LogLevel::Warn => rocksdb::LogLevel::Warn,
+        LogLevel::Error => rocksdb::LogLevel::Error,
+        LogLevel::Fatal => rocksdb::LogLevel::Fatal,
+        LogLevel::Header => rocksdb::LogLevel::Header,
+    });
+    if let Some(size) = params.memtable_huge_page_size {
+        opts.set_memtable_huge_page_size(size);
+    }
+    opts.set_log_file_time_to_roll(params.log_file_time_to_roll.as_secs() as usize);
+    opts.set_delete_obsolete_files_period_micros(
+        params
+            .obsolete_files_period
+            .as_micros()
+            .min(u64::MAX as u128) as u64,
+    );
+    opts
+}
+
+impl Rocks {
+    pub(crate) fn open(
+        path: &Path,
+        flush: bool,
+        params: &RocksParams,
+        counters: Arc<Counters>,
+    ) -> Result<Self> {
+        let db = DB::open(&options(params), path).map_err(|err| {
+            storage_error(
+                &format!("cannot open RocksDB spool {}", path.display()),
+                err,
+            )
+        })?;
+        let db = Arc::new(db);
+        let gate = Arc::new(HealthGate::new(params));
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            db: db.clone(),
+            flush,
+            gate: gate.clone(),
+            counters,
+        };
+        let handle = std::thread::Builder::new()
+            .name("spool-rocks-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|err| SpoolError::io("cannot start spool writer thread", err))?;
+        Ok(Self {
+            db,
+            tx,
+            writer: Mutex::new(Some(handle)),
+            gate,
+            path: path.display().to_string(),
+        })
+    }
+
+    fn send(&self, request: Request) -> Result<()> {
+        self.tx
+            .send(request)
+            .map_err(|_| SpoolError::Closed(self.path.clone()))
+    }
+
+    pub(crate) fn submit_store(&self, id: SpoolId, bytes: Bytes) -> Result<Pending> {
+        self.gate.check().map_err(SpoolError::Unhealthy)?;
+        let (done, pending) = oneshot::channel();
+        self.send(Request::Store { id, bytes, done })?;
+        Ok(pending)
+    }
+
+    pub(crate) fn note_timeout(&self, id: SpoolId, deadline: Duration) {
+        self.gate.record_error(
+            false,
+            format!(
+                "RocksDB spool {}: store of {id} took longer than {deadline:?}",
+                self.path
+            ),
+        );
+    }
+
+    pub(crate) fn health(&self) -> Result<(), String> {
+        self.gate.check()
+    }
+
+    pub(crate) async fn load(&self, id: SpoolId) -> Result<Vec<u8>> {
+        let db = self.db.clone();
+        blocking(move || match db.get_pinned(id.as_bytes()) {
+            Ok(Some(value)) => Ok(value.to_vec()),
+            Ok(None) => Err(SpoolError::NotFound(id)),
+            Err(err) => Err(storage_error(&format!("cannot load {id}"), err)),
+        })
+        .await
+    }
+
+    pub(crate) async fn remove(&self, id: SpoolId) -> Result<()> {
+        // RocksDB deletes are blind; look first so that removing a missing
+        // id reports NotFound like the LocalDisk kind does.
+        let db = self.db.clone();
+        let present = blocking(move || {
+            db.get_pinned(id.as_bytes())
+                .map(|value| value.is_some())
+                .map_err(|err| storage_error(&format!("cannot look up {id}"), err))
+        })
+        .await?;
+        if !present {
+            return Err(SpoolError::NotFound(id));
+        }
+        let (done, pending) = oneshot::channel();
+        self.send(Request::Remove { id, done })?;
+        pending
+            .await
+            .unwrap_or_else(|_| Err(SpoolError::Closed(self.path.clone())))
+    }
+
+    pub(crate) fn enumerate(&self) -> Enumeration {
+        let db = self.db.clone();
+        enumerate::spawn("rocksdb", move |producer| {
+            for item in db.iterator(IteratorMode::Start) {
+                let keep_going = match item {
+                    Ok((key, value)) => match <[u8; 16]>::try_from(&key[..]) {
+                        Ok(bytes) => producer.push(SpoolEntry {
+                            id: SpoolId::from_uuid(uuid_from(bytes)),
+                            data: value.into_vec(),
+                        }),
+                        Err(_) => producer.error(SpoolError::Storage(format!(
+                            "unexpected {}-byte key in the RocksDB spool",
+                            key.len()
+                        ))),
+                    },
+                    Err(err) => {
+                        producer.error(storage_error("cannot iterate the RocksDB spool", err));
+                        false
+                    }
+                };
+                if !keep_going {
+                    break;
+                }
+            }
+        })
+    }
+
+    pub(crate) async fn cleanup(&self) -> Result<()> {
+        let db = self.db.clone();
+        blocking(move || {
+            db.flush()
+                .map_err(|err| storage_error("cannot flush the RocksDB spool", err))?;
+            db.compact_range::<&[u8], &[u8]>(None, None);
+            Ok(())
+        })
+        .await
+    }
+
+    pub(crate) async fn close(&self) -> Result<()> {
+        let (done, pending) = oneshot::channel();
+        if self.send(Request::Close { done }).is_ok() {
+            pending
+                .await
+                .unwrap_or_else(|_| Err(SpoolError::Storage("spool writer stopped".into())))?;
+        }
+        let handle = self.writer.lock().take();
+        let db = self.db.clone();
+        blocking(move || {
+            if let Some(handle) = handle {
+                let _ = handle.join();
+            }
+            db.flush_wal(true)
+                .map_err(|err| storage_error("cannot sync the RocksDB WAL", err))
+        })
+        .await
+    }
+}
+
+impl Drop for Rocks {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Request::Shutdown);
+        if let Some(handle) = self.writer.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn uuid_from(bytes: [u8; 16]) -> uuid::Uuid {
+    uuid::Uuid::from_bytes(bytes)
+}
+
+struct Writer {
+    db: Arc<DB>,
+    flush: bool,
+    gate: Arc<HealthGate>,
+    counters: Arc<Counters>,
+}
+
+impl Writer {
+    fn run(self, rx: mpsc::Receiver<Request>) {
+        let mut batch = WriteBatch::default();
+        let mut waiters: Vec<oneshot::Sender<Result<()>>> = Vec::new();
+        let mut stores = 0u64;
+        while let Ok(first) = rx.recv() {
+            let mut next = Some(first);
+            while let Some(request) = next.take() {
+                match request {
+                    Request::Store { id, bytes, done } => {
+                        batch.put(id.as_bytes(), &bytes);
+                        waiters.push(done);
+                        stores += 1;
+                    }
+                    Request::Remove { id, done } => {
+                        batch.delete(id.as_bytes());
+                        waiters.push(done);
+                    }
+                    Request::Close { done } => {
+                        self.commit(&mut batch, &mut waiters, &mut stores);
+                        let _ = done.send(Ok(()));
+                        return;
+                    }
+                    Request::Shutdown => {
+                        self.commit(&mut batch, &mut waiters, &mut stores);
+                        return;
+                    }
+                }
+                if waiters.len() < MAX_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit(&mut batch, &mut waiters, &mut stores);
+        }
+    }
+
+    fn commit(
+        &self,
+        batch: &mut WriteBatch,
+        waiters: &mut Vec<oneshot::Sender<Result<()>>>,
+        stores: &mut u64,
+    ) {
+        if waiters.is_empty() {
+            return;
+        }
+        let sync = self.flush && *stores > 0;
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(sync);
+        let outcome = self.db.write_opt(std::mem::take(batch), &write_options);
+        match outcome {
+            Ok(()) => {
+                self.gate.record_success();
+                if sync {
+                    self.counters.add_syncs(1);
+                }
+                if *stores > 0 {
+                    self.counters.add_commit();
+                    self.counters.add_stores(*stores);
+                }
+                for done in waiters.drain(..) {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            Err(err) => {
+                self.gate
+                    .record_error(is_fatal(&err), format!("RocksDB spool write failed: {err}"));
+                let err = storage_error("RocksDB spool write failed", err);
+                for done in waiters.drain(..) {
+                    let _ = done.send(Err(err.duplicate()));
+                }
+            }
+        }
+        *stores = 0;
+    }
+}

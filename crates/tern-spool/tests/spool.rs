@@ -1,0 +1,507 @@
+//! Integration tests on a real disk: round trips, the lock, enumeration,
+//! group commit, bad paths, free-space refusal, and `kill -9` crash safety
+//! for both spool kinds.
+//!
+//! The lock and crash tests re-run this test binary as a child process,
+//! selected with the `TERN_SPOOL_CHILD` environment variable (see
+//! [`child_entry`]).
+
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tern_spool::{FreeThreshold, Spool, SpoolConfig, SpoolError, SpoolId, SpoolKind};
+
+const KINDS: [SpoolKind; 2] = [SpoolKind::LocalDisk, SpoolKind::RocksDB];
+
+fn config(path: &Path, kind: SpoolKind) -> SpoolConfig {
+    SpoolConfig::new("data", path, kind)
+}
+
+/// Deterministic content for `id`, so a parent can check what a child
+/// stored without being told the bytes.
+fn body_for(id: SpoolId) -> Vec<u8> {
+    let hex = id.to_string();
+    let len = 100 + (id.as_bytes()[15] as usize) * 13;
+    hex.bytes().cycle().take(len).collect()
+}
+
+async fn collect(spool: &Spool) -> HashMap<SpoolId, Vec<u8>> {
+    let mut entries = spool.enumerate();
+    let mut found = HashMap::new();
+    while let Some(entry) = entries.next().await {
+        let entry = entry.expect("enumeration error");
+        assert!(found.insert(entry.id, entry.data).is_none(), "duplicate id");
+    }
+    found
+}
+
+#[tokio::test]
+async fn store_load_remove_round_trip() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&config(dir.path(), kind)).unwrap();
+        let id = SpoolId::new();
+        let body = Bytes::from_static(b"Subject: hi\r\n\r\nhello\r\n");
+        spool.store(id, body.clone()).await.unwrap();
+        assert_eq!(spool.load(id).await.unwrap(), body.to_vec(), "{kind:?}");
+
+        // a second store replaces the value
+        spool.store(id, Bytes::from_static(b"v2")).await.unwrap();
+        assert_eq!(spool.load(id).await.unwrap(), b"v2", "{kind:?}");
+
+        spool.remove(id).await.unwrap();
+        assert!(
+            matches!(spool.load(id).await, Err(SpoolError::NotFound(x)) if x == id),
+            "{kind:?}"
+        );
+        assert!(
+            matches!(spool.remove(id).await, Err(SpoolError::NotFound(_))),
+            "{kind:?}"
+        );
+
+        let missing = SpoolId::new();
+        assert!(matches!(
+            spool.load(missing).await,
+            Err(SpoolError::NotFound(_))
+        ));
+        spool.cleanup().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn local_disk_uses_the_documented_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&config(dir.path(), SpoolKind::LocalDisk)).unwrap();
+    let id = SpoolId::new();
+    spool.store(id, Bytes::from_static(b"x")).await.unwrap();
+    let hex = id.to_string();
+    let expected = dir
+        .path()
+        .join("data")
+        .join(&hex[0..2])
+        .join(&hex[2..4])
+        .join(&hex[4..6])
+        .join(&hex[6..8])
+        .join(&hex[8..]);
+    assert_eq!(std::fs::read(expected).unwrap(), b"x");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("new")).unwrap().count(),
+        0
+    );
+    let pid = std::fs::read_to_string(dir.path().join("lock")).unwrap();
+    assert_eq!(pid.trim(), std::process::id().to_string());
+
+    // cleanup prunes the directories a removed message leaves empty
+    spool.remove(id).await.unwrap();
+    spool.cleanup().await.unwrap();
+    assert!(!dir.path().join("data").join(&hex[0..2]).exists());
+}
+
+#[tokio::test]
+async fn leftover_temp_files_are_deleted_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Spool::open(&config(dir.path(), SpoolKind::LocalDisk)).unwrap());
+    let stale = dir.path().join("new").join(SpoolId::new().to_string());
+    std::fs::write(&stale, b"half a message").unwrap();
+    let spool = reopen_eventually(dir.path(), SpoolKind::LocalDisk);
+    assert!(!stale.exists());
+    assert!(collect(&spool).await.is_empty());
+}
+
+#[tokio::test]
+async fn enumerate_returns_exactly_what_is_stored() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut expected = HashMap::new();
+        {
+            let spool = Spool::open(&config(dir.path(), kind)).unwrap();
+            let mut ids = Vec::new();
+            for _ in 0..600 {
+                let id = SpoolId::new();
+                let body = body_for(id);
+                spool.store(id, Bytes::from(body.clone())).await.unwrap();
+                expected.insert(id, body);
+                ids.push(id);
+            }
+            for id in ids.iter().step_by(3) {
+                spool.remove(*id).await.unwrap();
+                expected.remove(id);
+            }
+            assert_eq!(collect(&spool).await, expected, "{kind:?} live");
+            spool.close().await.unwrap();
+            assert!(matches!(
+                spool.store(SpoolId::new(), Bytes::new()).await,
+                Err(SpoolError::Closed(_))
+            ));
+        }
+        // and the same after reopening
+        let spool = reopen_eventually(dir.path(), kind);
+        assert_eq!(collect(&spool).await, expected, "{kind:?} reopened");
+    }
+}
+
+#[tokio::test]
+async fn enumeration_can_be_consumed_from_a_plain_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&config(dir.path(), SpoolKind::RocksDB)).unwrap();
+    for _ in 0..10 {
+        spool
+            .store(SpoolId::new(), Bytes::from_static(b"m"))
+            .await
+            .unwrap();
+    }
+    let mut entries = spool.enumerate();
+    let count = tokio::task::spawn_blocking(move || {
+        let mut count = 0;
+        while let Some(entry) = entries.blocking_next() {
+            entry.unwrap();
+            count += 1;
+        }
+        count
+    })
+    .await
+    .unwrap();
+    assert_eq!(count, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_stores_share_syncs() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(&config(dir.path(), kind)).unwrap());
+        let mut tasks = Vec::new();
+        for _ in 0..2000 {
+            let spool = spool.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = SpoolId::new();
+                spool.store(id, Bytes::from(body_for(id))).await.unwrap();
+                id
+            }));
+        }
+        let mut ids = HashSet::new();
+        for task in tasks {
+            ids.insert(task.await.unwrap());
+        }
+        let stats = spool.stats();
+        assert_eq!(stats.stores, 2000, "{kind:?}");
+        assert!(stats.commits < stats.stores / 4, "{kind:?}: {stats:?}");
+        if kind == SpoolKind::RocksDB {
+            assert_eq!(
+                stats.syncs, stats.commits,
+                "{kind:?}: one WAL sync per batch"
+            );
+        }
+        assert!(stats.syncs > 0, "{kind:?}: {stats:?}");
+        let found = collect(&spool).await;
+        assert_eq!(
+            found.keys().copied().collect::<HashSet<_>>(),
+            ids,
+            "{kind:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn syncfs_strategy_needs_fewer_syncs_than_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(
+        Spool::open_with(
+            &config(dir.path(), SpoolKind::LocalDisk),
+            tern_spool::LocalDiskSync::SyncFs,
+        )
+        .unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..2000 {
+        let spool = spool.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = SpoolId::new();
+            spool.store(id, Bytes::from(body_for(id))).await.unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = spool.stats();
+    assert_eq!(stats.stores, 2000);
+    assert_eq!(stats.syncs, stats.commits * 2, "{stats:?}");
+    assert!(stats.syncs < stats.stores, "{stats:?}");
+    assert_eq!(collect(&spool).await.len(), 2000);
+}
+
+#[tokio::test]
+async fn without_flush_nothing_is_synced_but_data_is_stored() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), kind);
+        cfg.flush = false;
+        let spool = Spool::open(&cfg).unwrap();
+        let id = SpoolId::new();
+        spool.store(id, Bytes::from_static(b"fast")).await.unwrap();
+        assert_eq!(spool.load(id).await.unwrap(), b"fast");
+        let stats = spool.stats();
+        assert_eq!((stats.stores, stats.syncs), (1, 0), "{kind:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_second_open_in_process_is_refused() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Spool::open(&config(dir.path(), kind)).unwrap();
+        let err = Spool::open(&config(dir.path(), kind))
+            .err()
+            .expect("second open must fail");
+        let text = err.to_string();
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        assert!(text.contains(&std::process::id().to_string()), "{text}");
+        drop(first);
+        reopen_eventually(dir.path(), kind);
+    }
+}
+
+#[test]
+fn a_second_process_is_refused_with_the_holders_pid() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = spawn_child("hold", dir.path(), kind);
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = lines.find(|line| line.as_ref().is_ok_and(|l| l.contains("READY")));
+        assert!(ready.is_some(), "child never opened the spool");
+        let err = Spool::open(&config(dir.path(), kind))
+            .err()
+            .expect("must be locked");
+        let text = err.to_string();
+        assert!(text.contains(&child.id().to_string()), "{text}");
+        assert!(text.contains(&dir.path().display().to_string()), "{text}");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // the kernel released the flock with the process
+        Spool::open(&config(dir.path(), kind)).expect("open after the holder died");
+    }
+}
+
+#[test]
+fn kill_dash_9_loses_nothing_acknowledged() {
+    for kind in KINDS {
+        for round in 0..2 {
+            let dir = tempfile::tempdir().unwrap();
+            let mut child = spawn_child("store", dir.path(), kind);
+            let stdout = child.stdout.take().unwrap();
+            let reader = std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    // the test harness may put its own text before the first line
+                    if let Some(at) = line.find("STORED ") {
+                        acked.push(line[at + 7..].trim().parse::<SpoolId>().unwrap());
+                    }
+                }
+                acked
+            });
+            // let the child get going, then kill it at a random moment
+            let delay = 300 + rand::random::<u64>() % 700 + round * 200;
+            std::thread::sleep(Duration::from_millis(delay));
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            let acked = reader.join().unwrap();
+            assert!(!acked.is_empty(), "{kind:?}: child acknowledged nothing");
+
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let spool = Spool::open(&config(dir.path(), kind)).unwrap();
+                let found = collect(&spool).await;
+                for id in &acked {
+                    let data = found
+                        .get(id)
+                        .unwrap_or_else(|| panic!("{kind:?}: acknowledged {id} lost"));
+                    assert_eq!(data, &body_for(*id), "{kind:?}: {id} damaged");
+                }
+                // anything extra was stored but not yet acknowledged: it must
+                // still be intact, never a torn write
+                for (id, data) in &found {
+                    assert_eq!(data, &body_for(*id), "{kind:?}: unacknowledged {id} torn");
+                }
+                eprintln!(
+                    "{kind:?}: {} acknowledged, {} found",
+                    acked.len(),
+                    found.len()
+                );
+            });
+        }
+    }
+}
+
+#[test]
+fn bad_paths_give_clear_errors() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"").unwrap();
+        let err = Spool::open(&config(&file, kind))
+            .err()
+            .expect("a file is not a spool");
+        assert!(
+            err.to_string().contains(&file.display().to_string()),
+            "{err}"
+        );
+
+        let below_file = file.join("spool");
+        let err = Spool::open(&config(&below_file, kind))
+            .err()
+            .expect("cannot create below a file");
+        assert!(err.to_string().contains("cannot create directory"), "{err}");
+        assert!(
+            err.to_string().contains(&below_file.display().to_string()),
+            "{err}"
+        );
+
+        // /proc refuses new directories even for root
+        let unwritable = Path::new("/proc/tern-spool-test");
+        let err = Spool::open(&config(unwritable, kind))
+            .err()
+            .expect("unwritable");
+        assert!(err.to_string().contains("/proc/tern-spool-test"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn free_space_thresholds_refuse_reception() {
+    let dir = tempfile::tempdir().unwrap();
+    // a fresh directory per config: each open needs its own lock
+    let open = |name: &str, space: FreeThreshold, inodes: FreeThreshold| {
+        let mut cfg = config(&dir.path().join(name), SpoolKind::LocalDisk);
+        cfg.min_free_space = space;
+        cfg.min_free_inodes = inodes;
+        Spool::open(&cfg).unwrap()
+    };
+    let none = FreeThreshold::Absolute(0);
+    let spool = open("a", none, none);
+    assert_eq!(spool.check_free_space(), Ok(()));
+    let space = spool.free_space().unwrap();
+    assert!(space.total_bytes > 0);
+
+    let impossible = FreeThreshold::Absolute(space.available_bytes.saturating_mul(4).max(1 << 50));
+    let err = open("b", impossible, none).check_free_space().unwrap_err();
+    assert!(err.starts_with(tern_spool::DISK_TOO_FULL), "{err}");
+    assert!(err.contains("bytes"), "{err}");
+
+    let err = open("c", none, FreeThreshold::Percent(100.0))
+        .check_free_space()
+        .unwrap_err();
+    assert!(err.contains("inodes"), "{err}");
+}
+
+#[tokio::test]
+async fn rocks_params_are_applied_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg: SpoolConfig = serde_json::from_value(serde_json::json!({
+        "name": "meta", "path": dir.path(), "kind": "RocksDB",
+        "rocks_params": {"compression_type": "Zstd", "increase_parallelism": 2,
+            "optimize_universal_style_compaction": 8388608, "write_buffer_size": 4194304,
+            "log_level": "Warn", "limit_concurrent_stores": 2, "limit_concurrent_loads": 2,
+            "limit_concurrent_removes": 2, "store_deadline": "5s"}
+    }))
+    .unwrap();
+    let spool = Spool::open(&cfg).unwrap();
+    let id = SpoolId::new();
+    spool.store(id, Bytes::from(body_for(id))).await.unwrap();
+    assert_eq!(spool.load(id).await.unwrap(), body_for(id));
+    assert_eq!(spool.health(), Ok(()));
+    spool.cleanup().await.unwrap();
+    assert_eq!(spool.load(id).await.unwrap(), body_for(id));
+    let options = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("OPTIONS-"))
+        .expect("RocksDB writes an OPTIONS file");
+    let text = std::fs::read_to_string(options.path()).unwrap();
+    assert!(
+        text.contains("compression=kZSTD"),
+        "compression not applied"
+    );
+    assert!(
+        text.contains("write_buffer_size=4194304"),
+        "write_buffer_size not applied"
+    );
+    assert!(
+        text.contains("compaction_style=kCompactionStyleUniversal"),
+        "universal not applied"
+    );
+}
+
+/// Opens a spool whose previous handle was just dropped. Another test in
+/// this binary may be spawning a child at that moment: between `fork` and
+/// `exec` the child shares every descriptor, including the lock's, so the
+/// lock can outlive our drop by a few milliseconds.
+fn reopen_eventually(path: &Path, kind: SpoolKind) -> Spool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Spool::open(&config(path, kind)) {
+            Ok(spool) => return spool,
+            Err(SpoolError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(err) => panic!("reopen of {} failed: {err}", path.display()),
+        }
+    }
+}
+
+fn spawn_child(mode: &str, path: &Path, kind: SpoolKind) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
+        .env("TERN_SPOOL_CHILD", mode)
+        .env("TERN_SPOOL_CHILD_PATH", path)
+        .env("TERN_SPOOL_CHILD_KIND", format!("{kind:?}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// Not a test of its own: the body of the child processes above. Without
+/// `TERN_SPOOL_CHILD` it returns at once.
+#[test]
+fn child_entry() {
+    let Ok(mode) = std::env::var("TERN_SPOOL_CHILD") else {
+        return;
+    };
+    let path = std::env::var("TERN_SPOOL_CHILD_PATH").unwrap();
+    let kind = match std::env::var("TERN_SPOOL_CHILD_KIND").unwrap().as_str() {
+        "RocksDB" => SpoolKind::RocksDB,
+        _ => SpoolKind::LocalDisk,
+    };
+    let spool = Arc::new(Spool::open(&config(Path::new(&path), kind)).unwrap());
+    match mode.as_str() {
+        "hold" => {
+            println!("READY");
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        "store" => {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let started = Instant::now();
+                let mut tasks = Vec::new();
+                for _ in 0..8 {
+                    let spool = spool.clone();
+                    tasks.push(tokio::spawn(async move {
+                        while started.elapsed() < Duration::from_secs(30) {
+                            let id = SpoolId::new();
+                            spool.store(id, Bytes::from(body_for(id))).await.unwrap();
+                            // printed only after the store was acknowledged
+                            println!("STORED {id}");
+                        }
+                    }));
+                }
+                for task in tasks {
+                    let _ = task.await;
+                }
+            });
+        }
+        other => panic!("unknown child mode {other}"),
+    }
+}
