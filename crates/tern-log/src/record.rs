@@ -989,6 +989,14 @@ mod tests {
     }
 
     #[test]
+    fn discriminants_index_the_all_table() {
+        // the writer indexes per-type tables with `kind as usize`
+        for (index, kind) in RecordType::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, index, "{kind}");
+        }
+    }
+
+    #[test]
     fn record_type_names_round_trip() {
         for kind in RecordType::ALL {
             assert_eq!(kind.as_str().parse::<RecordType>().unwrap(), kind);
