@@ -137,28 +137,65 @@ pub(crate) struct BodyHash {
     pub length: u64,
 }
 
-/// Feed the canonical body to SHA-256 through a small buffer, so that the
-/// many short pieces relaxed canonicalization produces cost one copy each
-/// instead of one digest call each.
-struct HashSink {
+/// Feeds the canonical body to SHA-256 with as little copying as possible.
+///
+/// Most canonical body lines are byte-for-byte the original lines, so those
+/// are recorded as a range of the source, and adjacent ranges merge: a
+/// CRLF body that canonicalization does not change is hashed with one
+/// digest call and no copy. Bytes that differ from the source (a space
+/// replacing a tab run, a CRLF replacing a bare LF) go through a small
+/// buffer. At most one of the range and the buffer is non-empty at a time,
+/// which keeps the output in order.
+struct HashSink<'a> {
     context: digest::Context,
-    buffer: [u8; 2048],
+    source: &'a [u8],
+    run_start: usize,
+    run_end: usize,
+    buffer: [u8; 512],
     used: usize,
     total: u64,
 }
 
-impl HashSink {
-    fn new() -> Self {
+impl<'a> HashSink<'a> {
+    fn new(source: &'a [u8]) -> Self {
         Self {
             context: digest::Context::new(&digest::SHA256),
-            buffer: [0; 2048],
+            source,
+            run_start: 0,
+            run_end: 0,
+            buffer: [0; 512],
             used: 0,
             total: 0,
         }
     }
 
+    /// The next canonical bytes are `source[start..end]` unchanged.
+    fn copy(&mut self, start: usize, end: usize) {
+        self.total += (end - start) as u64;
+        if self.used > 0 {
+            self.context.update(&self.buffer[..self.used]);
+            self.used = 0;
+        }
+        if self.run_end != start {
+            self.flush_run();
+            self.run_start = start;
+        }
+        self.run_end = end;
+    }
+
+    fn flush_run(&mut self) {
+        if self.run_end > self.run_start {
+            self.context
+                .update(&self.source[self.run_start..self.run_end]);
+        }
+        self.run_start = 0;
+        self.run_end = 0;
+    }
+
+    /// The next canonical bytes are `data`.
     fn write(&mut self, data: &[u8]) {
         self.total += data.len() as u64;
+        self.flush_run();
         if data.len() > self.buffer.len() - self.used {
             self.context.update(&self.buffer[..self.used]);
             self.used = 0;
@@ -172,6 +209,7 @@ impl HashSink {
     }
 
     fn finish(mut self) -> BodyHash {
+        self.flush_run();
         self.context.update(&self.buffer[..self.used]);
         BodyHash {
             digest: self.context.finish(),
@@ -182,31 +220,58 @@ impl HashSink {
 
 /// Hash the canonical form of `body`.
 pub(crate) fn hash_body(body: &[u8], canon: Canonicalization) -> BodyHash {
-    let mut sink = HashSink::new();
+    let mut sink = HashSink::new(body);
     // Empty lines seen but not yet written: they are written only when a
-    // non-empty line follows, which drops the trailing ones.
+    // non-empty line follows, which drops the trailing ones. `held_exact`
+    // says whether they were all plain CRLF in the source.
     let mut held_empty_lines = 0usize;
+    let mut held_start = 0;
+    let mut held_exact = true;
     let mut pos = 0;
     while pos < body.len() {
+        let start = pos;
         let end = memchr(b'\n', &body[pos..]).map_or(body.len(), |i| pos + i + 1);
-        let line = &body[pos..end];
+        let line = &body[start..end];
         pos = end;
-        let content = match line.strip_suffix(b"\n") {
-            Some(without_lf) => without_lf.strip_suffix(b"\r").unwrap_or(without_lf),
-            None => line, // last line without a line ending: one is added
+        let (content, crlf) = match line.strip_suffix(b"\n") {
+            Some(without_lf) => match without_lf.strip_suffix(b"\r") {
+                Some(content) => (content, true),
+                None => (without_lf, false),
+            },
+            None => (line, false), // last line without a line ending: one is added
         };
         let is_empty = match canon {
             Canonicalization::Simple => content.is_empty(),
             Canonicalization::Relaxed => content.iter().all(|b| matches!(b, b' ' | b'\t')),
         };
         if is_empty {
+            if held_empty_lines == 0 {
+                held_start = start;
+                held_exact = true;
+            }
             held_empty_lines += 1;
+            held_exact &= crlf && content.is_empty();
             continue;
         }
-        for _ in 0..held_empty_lines {
-            sink.write(b"\r\n");
+        if held_empty_lines > 0 {
+            if held_exact {
+                sink.copy(held_start, start);
+            } else {
+                for _ in 0..held_empty_lines {
+                    sink.write(b"\r\n");
+                }
+            }
+            held_empty_lines = 0;
         }
-        held_empty_lines = 0;
+        let unchanged = crlf
+            && match canon {
+                Canonicalization::Simple => true,
+                Canonicalization::Relaxed => is_relaxed_already(content),
+            };
+        if unchanged {
+            sink.copy(start, end);
+            continue;
+        }
         match canon {
             Canonicalization::Simple => sink.write(content),
             Canonicalization::Relaxed => write_relaxed_line(&mut sink, content),
@@ -220,8 +285,23 @@ pub(crate) fn hash_body(body: &[u8], canon: Canonicalization) -> BodyHash {
     sink.finish()
 }
 
+/// True if relaxed canonicalization leaves this (non-empty) line as it is:
+/// no tab, no run of spaces, no space at the end.
+fn is_relaxed_already(content: &[u8]) -> bool {
+    let Some((&last, _)) = content.split_last() else {
+        return true;
+    };
+    // A branch-free scan over byte pairs vectorizes well; lines are short,
+    // so not stopping early costs less than a branch per byte.
+    let pairs = content.iter().zip(&content[1..]);
+    let needs_work = pairs.fold(false, |found, (&a, &b)| {
+        found | (a == b'\t') | ((a == b' ') & (b == b' '))
+    });
+    !(needs_work || last == b' ' || last == b'\t')
+}
+
 /// Relaxed body line: runs of WSP become one space, WSP at the end goes.
-fn write_relaxed_line(sink: &mut HashSink, content: &[u8]) {
+fn write_relaxed_line(sink: &mut HashSink<'_>, content: &[u8]) {
     let content = trim_trailing_wsp(content);
     let mut rest = content;
     while !rest.is_empty() {
@@ -321,6 +401,26 @@ mod tests {
         assert_eq!(
             body_hash("h\u{e9}llo  w\u{f6}rld\r\n".as_bytes(), Relaxed).0,
             sha256("h\u{e9}llo w\u{f6}rld\r\n".as_bytes())
+        );
+    }
+
+    #[test]
+    fn copied_ranges_and_rewritten_lines_interleave_in_order() {
+        assert_eq!(
+            body_hash(b"a\r\n \r\n\r\nb  c\r\nd\r\n\r\n", Relaxed).0,
+            sha256(b"a\r\n\r\n\r\nb c\r\nd\r\n")
+        );
+        assert_eq!(
+            body_hash(b"a\r\n\n\r\nb\nc\r\nd", Simple).0,
+            sha256(b"a\r\n\r\n\r\nb\r\nc\r\nd\r\n")
+        );
+        assert_eq!(
+            body_hash(b"x\tz\r\n\r\n\r\ny\r\n", Relaxed).0,
+            sha256(b"x z\r\n\r\n\r\ny\r\n")
+        );
+        assert_eq!(
+            body_hash(b"one space ok\r\n ends in tab\t\r\n", Relaxed).0,
+            sha256(b"one space ok\r\n ends in tab\r\n")
         );
     }
 
