@@ -107,7 +107,7 @@ impl LogsArgs {
 pub fn run(args: LogsArgs) -> anyhow::Result<()> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
-    match run_to(&args, &mut out, None) {
+    match run_to(&args, &mut out, &mut || true) {
         Err(err) if is_broken_pipe(&err) => Ok(()),
         other => other,
     }
@@ -118,12 +118,14 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
         .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
 }
 
-/// The body of [`run`], writing to `out`. `max_polls` bounds --follow (for
-/// tests); `None` follows until the process is stopped.
+/// The body of [`run`], writing to `out`. With `--follow`, `keep_following`
+/// is asked after every poll; once it returns false the folder is read one
+/// last time and the function returns (tests use this; [`run`] follows
+/// until the process is stopped).
 pub fn run_to(
     args: &LogsArgs,
     out: &mut impl Write,
-    max_polls: Option<usize>,
+    keep_following: &mut dyn FnMut() -> bool,
 ) -> anyhow::Result<()> {
     if !args.log_dir.is_dir() {
         anyhow::bail!("{} is not a directory", args.log_dir.display());
@@ -134,18 +136,21 @@ pub fn run_to(
             args.log_dir.display()
         )
     })?;
-    let mut polls = 0;
+    let mut last_round = !args.follow;
     loop {
         while let Some(line) = reader.next_available(args.follow)? {
             out.write_all(line.text.as_bytes())?;
             out.write_all(b"\n")?;
         }
         out.flush()?;
-        if !args.follow || max_polls.is_some_and(|max| polls >= max) {
+        if last_round {
             return Ok(());
         }
-        polls += 1;
-        std::thread::sleep(args.poll_interval);
+        if keep_following() {
+            std::thread::sleep(args.poll_interval);
+        } else {
+            last_round = true;
+        }
         reader.rescan()?;
     }
 }
@@ -210,7 +215,7 @@ mod tests {
     #[test]
     fn a_missing_directory_is_an_error() {
         let cli = Cli::try_parse_from(["tern", "/definitely/not/here"]).unwrap();
-        let err = run_to(&cli.logs, &mut Vec::new(), None).unwrap_err();
+        let err = run_to(&cli.logs, &mut Vec::new(), &mut || true).unwrap_err();
         assert!(err.to_string().contains("not a directory"), "{err}");
     }
 }
