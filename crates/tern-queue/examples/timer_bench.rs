@@ -108,7 +108,9 @@ fn main() {
     let started = Instant::now();
     let mut churned = 0usize;
     let mut now = origin;
+    let mut steps = 0usize;
     while churned < count {
+        steps += 1;
         now += Duration::from_secs(1);
         wheel.pop_due_into(now, &mut out);
         for id in out.drain(..) {
@@ -119,7 +121,7 @@ fn main() {
     }
     let churn_time = started.elapsed();
     println!(
-        "pop+reinsert/s:     {:.0} (steady state, {} waiting)",
+        "pop+reinsert/s:     {:.0} (steady state, {} waiting, {steps} one-second steps)",
         churned as f64 / churn_time.as_secs_f64(),
         wheel.len()
     );

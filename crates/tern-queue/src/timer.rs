@@ -158,7 +158,14 @@ impl<T> TimerWheel<T> {
     }
 
     /// The earliest occupied slot: (level, slot, deadline tick).
+    ///
+    /// A slot's deadline is its first tick. Every level is consulted: after
+    /// an idle jump the current tick can sit exactly at the start of an
+    /// occupied higher-level slot, which is then due before any lower-level
+    /// entry filed since. On a tie the higher level wins, so its entries
+    /// cascade down before the lower slot is emitted.
     fn next_expiration(&self) -> Option<(usize, usize, u64)> {
+        let mut best: Option<(usize, usize, u64)> = None;
         for (index, level) in self.levels.iter().enumerate() {
             if level.occupied == 0 {
                 continue;
@@ -170,11 +177,14 @@ impl<T> TimerWheel<T> {
             let level_start = self.current & !(level_range(index) - 1);
             let mut deadline = level_start + slot as u64 * slot_range(index);
             if slot < current_slot {
+                // Only the top level wraps: its next rotation.
                 deadline += level_range(index);
             }
-            return Some((index, slot, deadline));
+            if best.is_none_or(|(_, _, earliest)| deadline <= earliest) {
+                best = Some((index, slot, deadline));
+            }
         }
-        None
+        best
     }
 
     /// Move every item due at or before `now` into `out`, in due order
@@ -463,5 +473,42 @@ mod tests {
         }
         let per_entry = wheel.allocated_bytes() / wheel.len();
         assert!(per_entry <= 64, "{per_entry} bytes per entry");
+    }
+}
+
+#[cfg(test)]
+mod churn_tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn step_by_step_churn_matches_reference() {
+        let origin = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let at = |s: u64| origin + Duration::from_secs(s);
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut wheel = TimerWheel::new(origin, Duration::from_secs(1));
+        let mut reference = std::collections::BTreeMap::<u32, u64>::new();
+        for id in 0..2000u32 {
+            let due = rng.random_range(0..100_000);
+            wheel.insert(at(due), id);
+            reference.insert(id, due);
+        }
+        for now in 1..20_000u64 {
+            let mut got = wheel.pop_due(at(now));
+            got.sort();
+            let mut expected: Vec<u32> = reference
+                .iter()
+                .filter(|(_, due)| **due <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            expected.sort();
+            assert_eq!(got, expected, "at {now}");
+            for id in got {
+                let due = now + rng.random_range(1200..2400);
+                wheel.insert(at(due), id);
+                reference.insert(id, due);
+            }
+        }
     }
 }
