@@ -200,6 +200,26 @@ mod tests {
     }
 
     #[test]
+    fn help_describes_every_option() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for needle in [
+            "--type <TYPE>",
+            "--queue <QUEUE>",
+            "--domain <DOMAIN>",
+            "--since <TIME>",
+            "--until <TIME>",
+            "--follow",
+            "--poll-interval <DURATION>",
+            "<LOG_DIR>",
+            "RFC 3339",
+            "Repeat",
+        ] {
+            assert!(help.contains(needle), "help lacks {needle}:\n{help}");
+        }
+    }
+
+    #[test]
     fn bad_arguments_are_explained() {
         let err = Cli::try_parse_from(["tern", "--type", "Delay", "/x"])
             .unwrap_err()
