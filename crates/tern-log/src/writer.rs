@@ -716,6 +716,18 @@ mod tests {
         assert!(err.contains("Bounce"), "{err}");
     }
 
+    #[test]
+    fn an_unusable_log_dir_fails_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain-file");
+        fs::write(&file, b"").unwrap();
+        let err = Logger::start(LogConfig::new(file.join("logs")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("cannot prepare log directory"), "{err}");
+    }
+
     #[tokio::test]
     async fn oversized_records_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
