@@ -302,8 +302,15 @@ impl<'de> Deserialize<'de> for DeliveryProtocol {
         let nested = |what: &str, err: serde_json::Error| {
             D::Error::custom(format!("protocol {what}: {err}"))
         };
-        if let Some(inner) = map.remove("smtp") {
+        if let Some(mut inner) = map.remove("smtp") {
             only(&map, "smtp")?;
+            // A Lua empty table arrives as an empty map when it passes
+            // through a generic value; `mx_list = {}` means "no list".
+            if let Some(list) = inner.get_mut("mx_list")
+                && list.as_object().is_some_and(|m| m.is_empty())
+            {
+                *list = serde_json::Value::Array(Vec::new());
+            }
             return serde_json::from_value(inner)
                 .map(DeliveryProtocol::Smtp)
                 .map_err(|e| nested("smtp", e));
@@ -1041,6 +1048,12 @@ mod tests {
         let again: QueueConfig =
             serde_json::from_value(serde_json::to_value(&config).unwrap()).unwrap();
         assert_eq!(again, config);
+    }
+
+    #[test]
+    fn empty_lua_table_mx_list_is_an_empty_list() {
+        let config = queue(json!({"protocol": {"smtp": {"mx_list": {}}}})).unwrap();
+        assert_eq!(config.protocol, DeliveryProtocol::default());
     }
 
     #[test]
