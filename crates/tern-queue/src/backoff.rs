@@ -273,6 +273,17 @@ pub fn check_scheduled_expiry(
     })
 }
 
+/// Content of a `Delayed` record (spec §7.7):
+/// `Context: <reasons>. Next due in <humantime> at <RFC 3339 UTC time>`.
+pub fn delayed_content(context: &str, now: SystemTime, due: SystemTime) -> String {
+    let due_in = due.duration_since(now).unwrap_or(Duration::ZERO);
+    let due: DateTime<Utc> = due.into();
+    format!(
+        "Context: {context}. Next due in {} at {due:?}",
+        humantime::format_duration(due_in)
+    )
+}
+
 /// What to do with a message that has to be retried with the attempt
 /// counter advanced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -522,6 +533,15 @@ mod tests {
         );
         let earlier: SystemTime = SystemTime::from(expires) - secs(1);
         assert!(check_scheduled_expiry(earlier, expires).is_none());
+    }
+
+    #[test]
+    fn delayed_record_text() {
+        let now = SystemTime::UNIX_EPOCH + secs(1_704_067_200); // 2024-01-01T00:00:00Z
+        assert_eq!(
+            delayed_content("ScheduledForLater", now, now + secs(3661)),
+            "Context: ScheduledForLater. Next due in 1h 1m 1s at 2024-01-01T01:01:01Z"
+        );
     }
 
     #[test]
