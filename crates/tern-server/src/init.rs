@@ -6,20 +6,23 @@
 //! shared [`InitConfig`]; the startup sequence acts on the record once
 //! `init` has returned.
 
+use crate::esmtp::params::ListenerConfig;
 use crate::http::HttpListenerParams;
 use mlua::{Lua, Table, Value};
 use parking_lot::Mutex;
 use std::sync::Arc;
+use tern_log::LogConfig;
 use tern_policy::events::current_event;
 use tern_policy::{LuaRegistrar, from_lua_params, lua_to_json};
+use tern_spool::SpoolConfig;
 
 /// What the `init` event asked for.
 #[derive(Default, Debug)]
 pub struct InitConfig {
-    pub spools: Vec<serde_json::Value>,
-    pub esmtp_listeners: Vec<serde_json::Value>,
+    pub spools: Vec<SpoolConfig>,
+    pub esmtp_listeners: Vec<ListenerConfig>,
     pub http_listeners: Vec<HttpListenerParams>,
-    pub log_configs: Vec<serde_json::Value>,
+    pub log_configs: Vec<LogConfig>,
 }
 
 #[derive(Clone, Default)]
@@ -66,8 +69,11 @@ impl LuaRegistrar for InitRecorder {
             "define_spool",
             lua.create_function(move |lua, params: Value| {
                 require_init(lua, "kumo.define_spool")?;
-                let json = table_json(lua, params, "kumo.define_spool")?;
-                rec.with(|cfg| cfg.spools.push(json));
+                let parsed: SpoolConfig = from_lua_params(lua, params, "kumo.define_spool")?;
+                parsed
+                    .validate()
+                    .map_err(|e| mlua::Error::runtime(format!("kumo.define_spool: {e}")))?;
+                rec.with(|cfg| cfg.spools.push(parsed));
                 Ok(())
             })?,
         )?;
@@ -77,7 +83,8 @@ impl LuaRegistrar for InitRecorder {
             lua.create_function(move |lua, params: Value| {
                 require_init(lua, "kumo.start_esmtp_listener")?;
                 let json = table_json(lua, params, "kumo.start_esmtp_listener")?;
-                rec.with(|cfg| cfg.esmtp_listeners.push(json));
+                let parsed = ListenerConfig::from_json(&json).map_err(mlua::Error::runtime)?;
+                rec.with(|cfg| cfg.esmtp_listeners.push(parsed));
                 Ok(())
             })?,
         )?;
@@ -98,7 +105,12 @@ impl LuaRegistrar for InitRecorder {
             lua.create_function(move |lua, params: Value| {
                 require_init(lua, "kumo.configure_local_logs")?;
                 let json = table_json(lua, params, "kumo.configure_local_logs")?;
-                rec.with(|cfg| cfg.log_configs.push(json));
+                let parsed = LogConfig::from_json(json.clone()).map_err(|e| {
+                    mlua::Error::runtime(format!(
+                        "kumo.configure_local_logs: {e}, while processing {json}"
+                    ))
+                })?;
+                rec.with(|cfg| cfg.log_configs.push(parsed));
                 Ok(())
             })?,
         )?;

@@ -13,12 +13,16 @@
 //! opens spools. That is what lets `--validate` evaluate a policy without
 //! binding a port or touching a spool.
 
+pub mod conn_meta;
 pub mod diag;
+pub mod esmtp;
 pub mod http;
 pub mod init;
+pub mod listener_domain;
 pub mod nodeid;
 pub mod options;
 pub mod privileges;
+pub mod reception;
 pub mod startup;
 pub mod state;
 

@@ -94,20 +94,42 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     ));
     drop(lua);
 
+    // Listeners are bound first so their ports are known and bind errors
+    // stop startup early; they answer "waiting for spool startup" until
+    // the spool is open and recovered.
+    for listener in config.esmtp_listeners {
+        let addr = crate::esmtp::listener::start(listener, state.clone()).await?;
+        tracing::info!("smtp listener on {addr}");
+    }
     for params in &config.http_listeners {
         let addr = crate::http::start(params, state.clone()).await?;
         tracing::info!("http listener on {addr}");
     }
-
     engine.run_maintenance(state.shutdown_signal());
+
+    let reception = open_spools_and_logs(&config.spools, config.log_configs, node_id).await?;
+    let reception = Arc::new(reception);
+    state.set_reception(reception.clone());
+    let recovered = count_spooled(&reception).await;
+    reception
+        .spooled
+        .store(recovered, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!("spool holds {recovered} messages");
     state.set_spool_ready();
     tracing::info!("initialization complete");
 
     wait_for_signal(signals).await;
     tracing::info!("shutting down");
     state.request_shutdown();
-    // Give listeners a moment to stop accepting and finish in-flight work.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Give sessions a moment to finish the transaction in progress.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for logger in reception.loggers.iter() {
+        if let Err(err) = logger.shutdown().await {
+            tracing::error!("log shutdown: {err}");
+        }
+    }
+    let _ = reception.data.close().await;
+    let _ = reception.meta.close().await;
     tracing::info!("shutdown complete");
     Ok(0)
 }
@@ -124,6 +146,58 @@ async fn run_event(
         .map_err(|err: PolicyError| anyhow::anyhow!("error in the {event} event: {err}"))
 }
 
+async fn open_spools_and_logs(
+    spools: &[tern_spool::SpoolConfig],
+    log_configs: Vec<tern_log::LogConfig>,
+    node_id: uuid::Uuid,
+) -> anyhow::Result<crate::reception::Reception> {
+    let find = |name: &str| {
+        spools.iter().find(|s| s.name == name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no '{name}' spool is defined: define both 'data' and 'meta' with kumo.define_spool"
+            )
+        })
+    };
+    let data_config = find("data")?.clone();
+    let meta_config = find("meta")?.clone();
+    let (data, meta) = tokio::task::spawn_blocking(move || {
+        let data = tern_spool::Spool::open(&data_config)
+            .map_err(|e| anyhow::anyhow!("cannot open the data spool: {e}"))?;
+        let meta = tern_spool::Spool::open(&meta_config)
+            .map_err(|e| anyhow::anyhow!("cannot open the meta spool: {e}"))?;
+        Ok::<_, anyhow::Error>((data, meta))
+    })
+    .await??;
+    let mut loggers = Vec::with_capacity(log_configs.len());
+    for config in log_configs {
+        let dir = config.log_dir.display().to_string();
+        let logger = tern_log::Logger::start(config)
+            .map_err(|e| anyhow::anyhow!("cannot start the logger for {dir}: {e}"))?;
+        loggers.push(logger);
+    }
+    Ok(crate::reception::Reception {
+        data,
+        meta,
+        loggers: Arc::new(loggers),
+        node_id,
+        spooled: Default::default(),
+    })
+}
+
+/// Count what the meta spool holds at startup. Until the queue layer
+/// lands, recovered messages stay in the spool untouched.
+async fn count_spooled(reception: &crate::reception::Reception) -> u64 {
+    let mut entries = reception.meta.enumerate();
+    let mut count = 0;
+    while let Some(entry) = entries.next().await {
+        match entry {
+            Ok(_) => count += 1,
+            Err(err) => tracing::warn!("spool enumeration: {err}"),
+        }
+    }
+    count
+}
+
 /// Checks that need the whole init-time configuration.
 fn check_config(config: &InitConfig) -> anyhow::Result<()> {
     if config.spools.is_empty() {
@@ -131,6 +205,18 @@ fn check_config(config: &InitConfig) -> anyhow::Result<()> {
     }
     for params in &config.http_listeners {
         params.validate().map_err(anyhow::Error::msg)?;
+    }
+    for listener in &config.esmtp_listeners {
+        listener
+            .base
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "kumo.start_esmtp_listener: invalid listen address '{}': {e}",
+                    listener.base.listen
+                )
+            })?;
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Process-wide server state passed to every component by value (`Arc`).
 
+use crate::reception::Reception;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use tern_policy::PolicyEngine;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -11,6 +13,7 @@ pub struct ServerState {
     pub engine: PolicyEngine,
     spool_ready: AtomicBool,
     shutdown: watch::Sender<bool>,
+    reception: OnceLock<Arc<Reception>>,
 }
 
 impl ServerState {
@@ -22,7 +25,17 @@ impl ServerState {
             engine,
             spool_ready: AtomicBool::new(false),
             shutdown,
+            reception: OnceLock::new(),
         }
+    }
+
+    /// The spools and loggers, once opened.
+    pub fn reception(&self) -> Option<&Arc<Reception>> {
+        self.reception.get()
+    }
+
+    pub fn set_reception(&self, reception: Arc<Reception>) {
+        let _ = self.reception.set(reception);
     }
 
     /// True once spool enumeration has finished; until then ingress

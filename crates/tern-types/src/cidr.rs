@@ -66,8 +66,20 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 impl<'de> Deserialize<'de> for CidrSet {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let entries = Vec::<String>::deserialize(d)?;
-        CidrSet::new(entries).map_err(serde::de::Error::custom)
+        // An empty Lua table (`relay_hosts = {}`) arrives as an empty map.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            List(Vec<String>),
+            Empty(BTreeMap<String, serde_json::Value>),
+        }
+        match Raw::deserialize(d)? {
+            Raw::List(entries) => CidrSet::new(entries).map_err(serde::de::Error::custom),
+            Raw::Empty(map) if map.is_empty() => Ok(CidrSet::default()),
+            Raw::Empty(_) => Err(serde::de::Error::custom(
+                "expected a list of IP addresses or CIDR blocks",
+            )),
+        }
     }
 }
 
@@ -114,6 +126,10 @@ impl<T> CidrMap<T> {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.entries.iter().map(|(_, v)| v)
+    }
 }
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for CidrMap<T> {
@@ -136,6 +152,15 @@ impl<T: Serialize> Serialize for CidrMap<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_table_is_an_empty_set() {
+        let set: CidrSet = serde_json::from_str("{}").unwrap();
+        assert!(set.is_empty());
+        let set: CidrSet = serde_json::from_str("[]").unwrap();
+        assert!(set.is_empty());
+        assert!(serde_json::from_str::<CidrSet>(r#"{"a":1}"#).is_err());
+    }
 
     #[test]
     fn set_matches_literals_and_blocks() {

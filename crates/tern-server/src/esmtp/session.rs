@@ -1,0 +1,972 @@
+//! One ESMTP session (§3.2–§3.11): the I/O loop around the sans-IO core.
+//!
+//! Replies to pipelined commands are collected and written in one go when
+//! no further complete command is buffered. Every reply of 400–599 (except
+//! the `421 4.3.2` load-shedding texts) is also logged as a `Rejection`.
+
+use super::listener::Listener;
+use super::params::{BatchHandling, EsmtpParams};
+use crate::conn_meta::ConnectionMeta;
+use crate::state::ServerState;
+use bytes::{Bytes, BytesMut};
+use mlua::{IntoLuaMulti, Lua, MultiValue, Value};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tern_log::{LogRecord, Response};
+use tern_message::Message;
+use tern_policy::{PolicyError, lua_to_json};
+use tern_smtp::{Command, DataDecoder, DataLimits, LineReader, Reply, SessionState, parse_command};
+use tern_types::{EnvelopeAddress, SpoolId};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// The client connection, before or after STARTTLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Closed,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Why the session loop stopped.
+enum End {
+    /// The client went away or an I/O error happened.
+    Gone,
+    /// We closed after a reply (QUIT, 421, disconnect).
+    Closed,
+}
+
+type Step = Result<(), End>;
+
+pub struct Session {
+    stream: Stream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    listener: Arc<Listener>,
+    state: Arc<ServerState>,
+    params: EsmtpParams,
+    hostname: String,
+    meta: ConnectionMeta,
+    smtp: SessionState,
+    lines: LineReader,
+    buf: BytesMut,
+    out: Vec<u8>,
+    sender: Option<EnvelopeAddress>,
+    recipients: Vec<EnvelopeAddress>,
+    session_id: uuid::Uuid,
+    rewrite_responses: bool,
+    close_after_flush: bool,
+}
+
+impl Session {
+    pub async fn run(
+        stream: TcpStream,
+        peer: SocketAddr,
+        listener: Arc<Listener>,
+        state: Arc<ServerState>,
+    ) {
+        let local = stream.local_addr().unwrap_or(listener.local_addr);
+        let params = match listener.config.effective(peer.ip(), local.ip(), None) {
+            Ok(params) => params,
+            Err(err) => {
+                tracing::error!("smtp listener parameters for {peer}: {err}");
+                return;
+            }
+        };
+        let hostname = params
+            .hostname
+            .clone()
+            .unwrap_or_else(|| state.hostname.clone());
+        let session_id = uuid::Uuid::new_v4();
+        let meta = ConnectionMeta::default();
+        meta.set("reception_protocol", "ESMTP");
+        meta.set("received_via", local.to_string());
+        meta.set("received_from", peer.to_string());
+        meta.set("hostname", hostname.clone());
+        meta.merge(&params.meta);
+        let mut session = Session {
+            stream: Stream::Plain(stream),
+            peer,
+            local,
+            lines: LineReader::new(params.line_length_hard_limit),
+            listener,
+            state,
+            hostname,
+            meta,
+            smtp: SessionState::new(),
+            buf: BytesMut::with_capacity(8192),
+            out: Vec::with_capacity(1024),
+            sender: None,
+            recipients: Vec::new(),
+            session_id,
+            rewrite_responses: false,
+            close_after_flush: false,
+            params,
+        };
+        let _ = session.drive().await;
+        let _ = session.stream.shutdown().await;
+    }
+
+    async fn drive(&mut self) -> Step {
+        if let Some(reason) = self.state.ingress_refusal() {
+            let reply = match reason {
+                "waiting for spool startup" => Reply::waiting_for_spool(&self.hostname),
+                _ => Reply::shutting_down(&self.hostname),
+            };
+            return self.final_reply(reply).await;
+        }
+        if let Some(reception) = self.state.reception()
+            && reception.data.check_free_space().is_err()
+        {
+            return self.final_reply(Reply::disk_too_full(&self.hostname)).await;
+        }
+        self.rewrite_responses = self
+            .state
+            .engine
+            .has_handler("smtp_server_rewrite_response")
+            .await
+            .unwrap_or(false);
+
+        // Dynamic parameters come before connection_accepted (§3.2 step 4).
+        let listener_addr = self.listener.local_addr.to_string();
+        let meta = self.meta.clone();
+        let dynamic = self
+            .state
+            .engine
+            .dispatch(
+                "smtp_server_get_dynamic_parameters",
+                move |lua| (listener_addr, meta).into_lua_multi(lua),
+                |lua, values| match values.into_iter().next() {
+                    Some(value @ Value::Table(_)) => lua_to_json(lua, value).map(Some),
+                    _ => Ok(None),
+                },
+            )
+            .await;
+        match dynamic {
+            Ok(Some(Some(serde_json::Value::Object(map)))) => {
+                match self
+                    .listener
+                    .config
+                    .effective(self.peer.ip(), self.local.ip(), Some(&map))
+                {
+                    Ok(params) => self.apply_params(params),
+                    Err(err) => {
+                        tracing::error!("smtp_server_get_dynamic_parameters: {err}");
+                        return self
+                            .final_reply(Reply::technical_difficulties(&self.hostname))
+                            .await;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(err) => return self.policy_failure(err, None).await,
+        }
+
+        let meta = self.meta.clone();
+        if let Err(err) = self
+            .state
+            .engine
+            .dispatch(
+                "smtp_server_connection_accepted",
+                move |lua| (meta,).into_lua_multi(lua),
+                |_, _| Ok(()),
+            )
+            .await
+        {
+            return self.policy_failure(err, None).await;
+        }
+
+        self.reply(Reply::banner(&self.hostname, &self.params.banner), None)
+            .await;
+        self.flush().await?;
+        self.command_loop().await
+    }
+
+    fn apply_params(&mut self, params: EsmtpParams) {
+        if let Some(hostname) = &params.hostname {
+            self.hostname = hostname.clone();
+            self.meta.set("hostname", hostname.clone());
+        }
+        self.meta.merge(&params.meta);
+        self.lines
+            .set_max_line_length(params.line_length_hard_limit);
+        self.params = params;
+    }
+
+    async fn command_loop(&mut self) -> Step {
+        loop {
+            while let Some(line) = self.lines.next_line(&mut self.buf) {
+                match line {
+                    Err(too_long) => self.reply(too_long.reply(), None).await,
+                    Ok(line) => self.handle_line(line).await?,
+                }
+                if self.close_after_flush {
+                    self.flush().await?;
+                    return Err(End::Closed);
+                }
+            }
+            self.flush().await?;
+            if self.state.shutting_down() {
+                return self.final_reply(Reply::shutting_down(&self.hostname)).await;
+            }
+            self.read_more().await?;
+        }
+    }
+
+    /// Read more bytes into the buffer, enforcing the idle timeout.
+    async fn read_more(&mut self) -> Step {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf
+                .reserve(self.params.data_buffer_size.clamp(4096, 1 << 20));
+        }
+        match tokio::time::timeout(
+            self.params.client_timeout,
+            self.stream.read_buf(&mut self.buf),
+        )
+        .await
+        {
+            Err(_) => self.final_reply(Reply::idle_too_long(&self.hostname)).await,
+            Ok(Ok(0)) | Ok(Err(_)) => Err(End::Gone),
+            Ok(Ok(_)) => Ok(()),
+        }
+    }
+
+    async fn flush(&mut self) -> Step {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let result = self.stream.write_all(&self.out).await;
+        self.out.clear();
+        result.map_err(|_| End::Gone)
+    }
+
+    /// Send `reply` and close the connection.
+    async fn final_reply(&mut self, reply: Reply) -> Step {
+        self.reply(reply, None).await;
+        let _ = self.flush().await;
+        Err(End::Closed)
+    }
+
+    /// Queue a reply (after `smtp_server_rewrite_response`), log a
+    /// Rejection for 4xx/5xx, and mark the session for closing on 421.
+    async fn reply(&mut self, mut reply: Reply, command: Option<&str>) {
+        if self.rewrite_responses {
+            reply = self.rewrite(reply, command).await;
+        }
+        if (400..600).contains(&reply.code) {
+            let load_shed = reply.code == 421
+                && reply.enhanced.map(|e| e.to_string()) == Some("4.3.2".to_string());
+            if !load_shed {
+                self.log_rejection(&reply).await;
+            }
+        }
+        if reply.code == 421 {
+            self.close_after_flush = true;
+        }
+        reply.write_to(&mut self.out);
+    }
+
+    async fn rewrite(&self, reply: Reply, command: Option<&str>) -> Reply {
+        let meta = self.meta.clone();
+        let status = reply.code;
+        let text = match reply.enhanced {
+            Some(e) => format!("{e} {}", reply.text),
+            None => reply.text.clone(),
+        };
+        let command = command.map(str::to_string);
+        let result = self
+            .state
+            .engine
+            .dispatch(
+                "smtp_server_rewrite_response",
+                move |lua| (status, text, command, meta).into_lua_multi(lua),
+                |_, values| {
+                    let mut it = values.into_iter();
+                    let code = it.next().and_then(|v| v.as_integer()).map(|c| c as u16);
+                    let text = it
+                        .next()
+                        .and_then(|v| v.as_string().map(|s| s.to_string_lossy()));
+                    Ok((code, text))
+                },
+            )
+            .await;
+        match result {
+            Ok(Some((code, text))) => {
+                let code = code.unwrap_or(reply.code);
+                match text {
+                    Some(text) => Reply::from_code_and_text(code, &text),
+                    None => Reply::new(code, reply.enhanced, reply.text),
+                }
+            }
+            Ok(None) => reply,
+            Err(err) => {
+                tracing::error!("smtp_server_rewrite_response failed: {err}");
+                reply
+            }
+        }
+    }
+
+    async fn log_rejection(&self, reply: &Reply) {
+        let Some(reception) = self.state.reception() else {
+            return;
+        };
+        let sender = self
+            .sender
+            .as_ref()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        let recipient = self.recipients.last().map(|r| r.to_string());
+        let enhanced = reply.enhanced.map(|e| tern_log::EnhancedCode {
+            class: e.class,
+            subject: e.subject,
+            detail: e.detail,
+        });
+        let mut record = LogRecord::rejection(
+            self.state.node_id,
+            &sender,
+            recipient.as_deref(),
+            Response::new(reply.code, enhanced, reply.content_single_line()),
+        )
+        .with_session_id(self.session_id)
+        .with_reception_protocol("ESMTP");
+        let ehlo = self.smtp.ehlo_domain().unwrap_or("").to_string();
+        record = record.with_peer(ehlo, self.peer.ip().to_string());
+        reception.log(record).await;
+    }
+
+    /// A policy event failed: a `kumo.reject`/`kumo.disconnect` becomes the
+    /// reply; anything else is `421 4.3.0 technical difficulties`.
+    async fn policy_failure(&mut self, err: PolicyError, command: Option<&str>) -> Step {
+        match err.rejection() {
+            Some(rejection) => {
+                let reply = Reply::from_code_and_text(rejection.code, &rejection.message);
+                let closes = rejection.closes_connection();
+                let follow_421 =
+                    rejection.disconnect == Some(tern_policy::DisconnectMode::FollowWith421);
+                self.reply(reply, command).await;
+                if follow_421 {
+                    self.reply(Reply::disconnecting_after_error(&self.hostname), None)
+                        .await;
+                }
+                if closes {
+                    self.close_after_flush = true;
+                }
+                Ok(())
+            }
+            None => {
+                tracing::error!("policy error in SMTP session from {}: {err}", self.peer);
+                self.reply(Reply::technical_difficulties(&self.hostname), command)
+                    .await;
+                self.close_after_flush = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// Call a `smtp_server_*` event whose return value is ignored; a
+    /// failure has been answered when this returns `Ok(false)`.
+    async fn event(
+        &mut self,
+        name: &str,
+        args: impl FnOnce(&Lua) -> mlua::Result<MultiValue>,
+        command: &str,
+    ) -> Result<bool, End> {
+        match self.state.engine.dispatch(name, args, |_, _| Ok(())).await {
+            Ok(_) => Ok(true),
+            Err(err) => {
+                self.policy_failure(err, Some(command)).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    async fn handle_line(&mut self, line: Bytes) -> Step {
+        let command = match parse_command(&line) {
+            Ok(command) => command,
+            Err(err) => {
+                self.reply(err.reply(), None).await;
+                return Ok(());
+            }
+        };
+        let verb = command.verb().to_string();
+        match command {
+            Command::Ehlo(domain) => {
+                let meta = self.meta.clone();
+                let extensions = self.smtp.ehlo_extensions(self.params.allow_xclient);
+                let ext_for_lua = extensions.clone();
+                let d = domain.clone();
+                let result = self
+                    .state
+                    .engine
+                    .dispatch(
+                        "smtp_server_ehlo",
+                        move |lua| (d, meta, ext_for_lua).into_lua_multi(lua),
+                        |_, values| match values.into_iter().next() {
+                            Some(Value::Table(t)) => Ok(Some(
+                                t.sequence_values::<String>()
+                                    .collect::<mlua::Result<Vec<_>>>()?,
+                            )),
+                            _ => Ok(None),
+                        },
+                    )
+                    .await;
+                let extensions = match result {
+                    Ok(Some(Some(replaced))) => replaced,
+                    Ok(_) => extensions,
+                    Err(err) => return self.policy_failure(err, Some(&verb)).await,
+                };
+                self.smtp.on_ehlo(&domain);
+                self.sender = None;
+                self.recipients.clear();
+                self.meta.set("ehlo_domain", domain.clone());
+                self.reply(
+                    Reply::ehlo(&self.hostname, &domain, &extensions),
+                    Some(&verb),
+                )
+                .await;
+            }
+            Command::Helo(domain) => {
+                let meta = self.meta.clone();
+                let d = domain.clone();
+                if !self
+                    .event(
+                        "smtp_server_ehlo",
+                        move |lua| (d, meta).into_lua_multi(lua),
+                        &verb,
+                    )
+                    .await?
+                {
+                    return Ok(());
+                }
+                self.smtp.on_ehlo(&domain);
+                self.sender = None;
+                self.recipients.clear();
+                self.meta.set("ehlo_domain", domain.clone());
+                self.reply(Reply::helo(&domain), Some(&verb)).await;
+            }
+            Command::MailFrom { address, .. } => {
+                if let Err(reply) = self.smtp.check_mail() {
+                    self.reply(reply, Some(&verb)).await;
+                    return Ok(());
+                }
+                let meta = self.meta.clone();
+                let lua_addr = tern_message::LuaEnvelopeAddress(address.clone());
+                if !self
+                    .event(
+                        "smtp_server_mail_from",
+                        move |lua| (lua_addr, meta).into_lua_multi(lua),
+                        &verb,
+                    )
+                    .await?
+                {
+                    return Ok(());
+                }
+                self.smtp.on_mail_accepted();
+                self.recipients.clear();
+                let text = format!("<{address}>");
+                self.sender = Some(address);
+                self.reply(Reply::address_ok(&text), Some(&verb)).await;
+            }
+            Command::RcptTo { address, .. } => self.handle_rcpt(address, &verb).await?,
+            Command::Data => self.handle_data().await?,
+            Command::Rset => {
+                self.smtp.on_rset();
+                self.sender = None;
+                self.recipients.clear();
+                self.reply(Reply::rset(), Some(&verb)).await;
+            }
+            Command::Noop => self.reply(Reply::noop(), Some(&verb)).await,
+            Command::Quit => {
+                self.reply(Reply::quit(), Some(&verb)).await;
+                self.close_after_flush = true;
+            }
+            Command::StartTls => self.handle_starttls().await?,
+            Command::Auth { mechanism, .. } => {
+                let reply = match self.smtp.check_auth(&mechanism) {
+                    Err(reply) => reply,
+                    Ok(()) => Reply::new(
+                        504,
+                        Some(tern_smtp::EnhancedCode::new(5, 5, 4)),
+                        "AUTH PLAIN is not supported by Tern yet",
+                    ),
+                };
+                self.reply(reply, Some(&verb)).await;
+            }
+            Command::XClient(_) => {
+                let reply = match self.smtp.check_xclient(self.params.allow_xclient) {
+                    Err(reply) => reply,
+                    Ok(()) => Reply::new(
+                        502,
+                        Some(tern_smtp::EnhancedCode::new(5, 5, 1)),
+                        "XCLIENT is not supported by Tern yet",
+                    ),
+                };
+                self.reply(reply, Some(&verb)).await;
+            }
+            Command::Unimplemented { .. } => self.reply(Reply::unimplemented(), Some(&verb)).await,
+        }
+        Ok(())
+    }
+
+    async fn handle_rcpt(&mut self, address: EnvelopeAddress, verb: &str) -> Step {
+        if let Err(reply) = self.smtp.check_rcpt() {
+            self.reply(reply, Some(verb)).await;
+            return Ok(());
+        }
+        if !self.relay_allowed(&address).await? {
+            let reply = Reply::relaying_not_permitted_for(&self.peer.to_string());
+            self.reply(reply, Some(verb)).await;
+            return Ok(());
+        }
+        if let Err(reply) = self.smtp.reserve_recipient(
+            self.params.max_recipients_per_message,
+            self.params.max_messages_per_connection,
+            &self.hostname,
+        ) {
+            self.reply(reply, Some(verb)).await;
+            return Ok(());
+        }
+        let meta = self.meta.clone();
+        let lua_addr = tern_message::LuaEnvelopeAddress(address.clone());
+        if !self
+            .event(
+                "smtp_server_rcpt_to",
+                move |lua| (lua_addr, meta).into_lua_multi(lua),
+                verb,
+            )
+            .await?
+        {
+            return Ok(());
+        }
+        self.smtp.on_rcpt_accepted();
+        let text = format!("<{address}>");
+        self.recipients.push(address);
+        self.reply(Reply::address_ok(&text), Some(verb)).await;
+        Ok(())
+    }
+
+    /// §3.6: relay_hosts, or the listener-domain rules of the sender's or
+    /// the recipient's domain.
+    async fn relay_allowed(&mut self, recipient: &EnvelopeAddress) -> Result<bool, End> {
+        if self.params.relay_hosts.contains(self.peer.ip()) {
+            return Ok(true);
+        }
+        let listener = self.listener.local_addr.to_string();
+        let sender_domain = self
+            .sender
+            .as_ref()
+            .map(|s| s.domain().to_string())
+            .unwrap_or_default();
+        for (domain, is_sender) in [
+            (sender_domain, true),
+            (recipient.domain().to_string(), false),
+        ] {
+            if domain.is_empty() {
+                continue;
+            }
+            let meta = self.meta.clone();
+            let l = listener.clone();
+            let result = self
+                .state
+                .engine
+                .dispatch(
+                    "get_listener_domain",
+                    move |lua| (domain, l, meta).into_lua_multi(lua),
+                    |lua, values| match values.into_iter().next() {
+                        Some(value @ Value::Table(_)) => lua_to_json(lua, value).map(Some),
+                        _ => Ok(None),
+                    },
+                )
+                .await;
+            let rules = match result {
+                Ok(Some(Some(json))) => json,
+                Ok(_) => continue,
+                Err(err) => {
+                    self.policy_failure(err, Some("RCPT TO")).await?;
+                    return Ok(false);
+                }
+            };
+            let rules: crate::listener_domain::ListenerDomain = match serde_json::from_value(rules)
+            {
+                Ok(rules) => rules,
+                Err(err) => {
+                    tracing::error!("get_listener_domain returned an invalid value: {err}");
+                    continue;
+                }
+            };
+            if is_sender && rules.relay_from.contains(self.peer.ip()) {
+                return Ok(true);
+            }
+            if !is_sender && (rules.relay_to || rules.accepts_reports()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn handle_starttls(&mut self) -> Step {
+        if let Err(reply) = self.smtp.check_starttls() {
+            self.reply(reply, Some("STARTTLS")).await;
+            return Ok(());
+        }
+        self.reply(Reply::starttls_ready(), Some("STARTTLS")).await;
+        self.flush().await?;
+        // Anything pipelined after STARTTLS was sent in clear text and must
+        // not be acted on inside the TLS session (command injection).
+        self.buf.clear();
+        self.lines.reset();
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Closed) else {
+            return Err(End::Gone);
+        };
+        let accept = self.listener.tls.acceptor().accept(tcp);
+        let tls = match tokio::time::timeout(self.params.client_timeout, accept).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(err)) => {
+                tracing::debug!("TLS handshake with {} failed: {err}", self.peer);
+                return Err(End::Gone);
+            }
+            Err(_) => return Err(End::Gone),
+        };
+        let (_, conn) = tls.get_ref();
+        if let Some(suite) = conn.negotiated_cipher_suite() {
+            self.meta.set("tls_cipher", format!("{:?}", suite.suite()));
+        }
+        if let Some(version) = conn.protocol_version() {
+            self.meta
+                .set("tls_protocol_version", format!("{version:?}"));
+        }
+        self.stream = Stream::Tls(Box::new(tls));
+        self.smtp.on_tls_established();
+        self.sender = None;
+        self.recipients.clear();
+        Ok(())
+    }
+
+    async fn handle_data(&mut self) -> Step {
+        if let Err(reply) = self.smtp.check_data() {
+            self.reply(reply, Some("DATA")).await;
+            return Ok(());
+        }
+        self.reply(Reply::start_data(), Some("DATA")).await;
+        self.flush().await?;
+        let mut decoder = DataDecoder::new(DataLimits {
+            max_message_size: self.params.max_message_size,
+            line_length_hard_limit: self.params.line_length_hard_limit,
+            invalid_line_endings: self.params.invalid_line_endings,
+        });
+        let body = loop {
+            if !self.buf.is_empty() {
+                let progress = decoder.decode(&self.buf);
+                let _ = self.buf.split_to(progress.consumed);
+                if let Some(result) = progress.finished {
+                    break result;
+                }
+            }
+            // A client that disconnects mid-DATA leaves nothing behind.
+            self.read_more().await?;
+        };
+        let sender = self.sender.take().unwrap_or_default();
+        let recipients = std::mem::take(&mut self.recipients);
+        self.smtp.on_data_finished();
+        match body {
+            Err(err) => {
+                self.reply(err.reply(), Some("DATA")).await;
+                Ok(())
+            }
+            Ok(body) => self.receive(sender, recipients, body).await,
+        }
+    }
+
+    /// §3.7 after the data was read: events, batches, trace headers,
+    /// spooling, Reception records and the final reply.
+    async fn receive(
+        &mut self,
+        sender: EnvelopeAddress,
+        recipients: Vec<EnvelopeAddress>,
+        body: Vec<u8>,
+    ) -> Step {
+        let deadline = Instant::now() + self.params.data_processing_timeout;
+        let Some(reception) = self.state.reception().cloned() else {
+            self.reply(Reply::waiting_for_spool(&self.hostname), Some("DATA"))
+                .await;
+            return Ok(());
+        };
+        let conn_meta = self.meta.snapshot();
+        let mut base_meta = conn_meta.clone();
+        base_meta.insert("session_id".into(), self.session_id.to_string().into());
+        let body = Bytes::from(body);
+        let base = Message::new(
+            SpoolId::new(),
+            sender.clone(),
+            recipients.clone(),
+            base_meta.clone(),
+            body,
+        );
+        let meta = self.meta.clone();
+        let msg = base.clone();
+        if !self
+            .event(
+                "smtp_server_data",
+                move |lua| (msg, meta).into_lua_multi(lua),
+                ".",
+            )
+            .await?
+        {
+            return Ok(());
+        }
+
+        let batches = self.batches(&base).await?;
+        let Some(batches) = batches else {
+            return Ok(());
+        };
+        let mut accepted = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let id = SpoolId::new();
+            let mut data = base.data();
+            if self.params.trace_headers.received_header {
+                data = self
+                    .received_header(id, batch.first())
+                    .into_bytes()
+                    .into_iter()
+                    .chain(data.iter().copied())
+                    .collect::<Vec<u8>>()
+                    .into();
+            }
+            let msg = Message::new(id, base.sender(), batch, base.meta(), data);
+            let meta = self.meta.clone();
+            let m = msg.clone();
+            if !self
+                .event(
+                    "smtp_server_message_received",
+                    move |lua| (m, meta).into_lua_multi(lua),
+                    ".",
+                )
+                .await?
+            {
+                // A rejection of any batch rejects the whole DATA.
+                return Ok(());
+            }
+            accepted.push(msg);
+        }
+        if Instant::now() > deadline {
+            self.reply(Reply::data_processing_timeout("rx"), Some("."))
+                .await;
+            return Ok(());
+        }
+
+        let mut to_spool = Vec::with_capacity(accepted.len());
+        let mut queues = Vec::with_capacity(accepted.len());
+        for msg in &accepted {
+            let queue = match msg.queue_name() {
+                Ok(queue) => queue,
+                Err(err) => {
+                    tracing::error!("cannot compute the queue of {}: {err}", msg.id());
+                    self.reply(Reply::technical_difficulties(&self.hostname), Some("."))
+                        .await;
+                    return Ok(());
+                }
+            };
+            if self.params.trace_headers.supplemental_header {
+                self.supplemental_header(msg);
+            }
+            if queue != "null" && !self.params.deferred_spool {
+                to_spool.push(msg.clone());
+            }
+            queues.push(queue);
+        }
+        if let Err(err) = reception.spool_all(&to_spool).await {
+            tracing::error!("spool write failed: {err}");
+            self.reply(Reply::spool_not_accepting_writes(&self.hostname), Some("."))
+                .await;
+            return Ok(());
+        }
+        let ehlo = self.smtp.ehlo_domain().unwrap_or("").to_string();
+        let peer_ip = self.peer.ip().to_string();
+        let mut ids = Vec::with_capacity(accepted.len());
+        for (msg, queue) in accepted.iter().zip(&queues) {
+            reception
+                .log_reception(msg, queue, Some((&ehlo, &peer_ip)))
+                .await;
+            ids.push(msg.id().to_string());
+        }
+        self.reply(Reply::queued(&ids, false), Some(".")).await;
+        Ok(())
+    }
+
+    /// `smtp_server_split_transaction`, else `batch_handling`.
+    async fn batches(&mut self, base: &Message) -> Result<Option<Vec<Vec<EnvelopeAddress>>>, End> {
+        let meta = self.meta.clone();
+        let msg = base.clone();
+        let result = self
+            .state
+            .engine
+            .dispatch(
+                "smtp_server_split_transaction",
+                move |lua| (msg, meta).into_lua_multi(lua),
+                |lua, values| match values.into_iter().next() {
+                    Some(value @ Value::Table(_)) => lua_to_json(lua, value).map(Some),
+                    _ => Ok(None),
+                },
+            )
+            .await;
+        let recipients = base.recipients();
+        match result {
+            Ok(Some(Some(json))) => {
+                let lists: Vec<Vec<String>> = match serde_json::from_value(json) {
+                    Ok(lists) => lists,
+                    Err(err) => {
+                        tracing::error!(
+                            "smtp_server_split_transaction must return an array of address arrays: {err}"
+                        );
+                        self.reply(Reply::technical_difficulties(&self.hostname), Some("."))
+                            .await;
+                        return Ok(None);
+                    }
+                };
+                let mut batches = Vec::new();
+                for list in lists {
+                    let mut batch = Vec::new();
+                    for addr in list {
+                        match EnvelopeAddress::parse(&addr) {
+                            Ok(a) => batch.push(a),
+                            Err(err) => {
+                                tracing::error!(
+                                    "smtp_server_split_transaction returned a bad address: {err}"
+                                );
+                                self.reply(
+                                    Reply::technical_difficulties(&self.hostname),
+                                    Some("."),
+                                )
+                                .await;
+                                return Ok(None);
+                            }
+                        }
+                    }
+                    if !batch.is_empty() {
+                        batches.push(batch);
+                    }
+                }
+                Ok(Some(batches))
+            }
+            Ok(_) => Ok(Some(match self.params.batch_handling {
+                BatchHandling::BifurcateAlways => recipients.into_iter().map(|r| vec![r]).collect(),
+                BatchHandling::BatchByDomain => {
+                    let mut groups: Vec<(String, Vec<EnvelopeAddress>)> = Vec::new();
+                    for r in recipients {
+                        let domain = r.domain().to_ascii_lowercase();
+                        match groups.iter_mut().find(|(d, _)| *d == domain) {
+                            Some((_, list)) => list.push(r),
+                            None => groups.push((domain, vec![r])),
+                        }
+                    }
+                    groups.into_iter().map(|(_, list)| list).collect()
+                }
+            })),
+            Err(err) => {
+                self.policy_failure(err, Some(".")).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The `Received:` trace header of §3.10.
+    fn received_header(&self, id: SpoolId, first: Option<&EnvelopeAddress>) -> String {
+        let ehlo = self.smtp.ehlo_domain().unwrap_or("unspecified");
+        let tls = match (
+            self.meta.get_str("tls_protocol_version"),
+            self.meta.get_str("tls_cipher"),
+        ) {
+            (Some(v), Some(c)) => Some(format!("{v}:{c}")),
+            _ => None,
+        };
+        let proto = match (self.smtp.authenticated(), tls.is_some()) {
+            (true, true) => "ESMTPSA",
+            (_, true) => "ESMTPS",
+            _ => "ESMTP",
+        };
+        let with = match tls {
+            Some(tls) => format!("{proto} ({tls})"),
+            None => proto.to_string(),
+        };
+        let rcpt = first.map(|r| r.to_string()).unwrap_or_default();
+        let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S +0000");
+        format!(
+            "Received: from {ehlo} ({})\r\n  by {} (KumoMTA {})\r\n  with {with} id {id} for <{rcpt}>;\r\n  {date}\r\n",
+            self.peer.ip(),
+            self.hostname,
+            self.local.ip(),
+        )
+    }
+
+    /// The supplemental `X-KumoRef` header (§3.10).
+    fn supplemental_header(&self, msg: &Message) {
+        use base64::Engine;
+        let mut object = serde_json::Map::new();
+        object.insert("_@_".into(), "\\_/".into());
+        let recipients: Vec<String> = msg.recipients().iter().map(|r| r.to_string()).collect();
+        object.insert(
+            "recipient".into(),
+            if recipients.len() == 1 {
+                recipients[0].clone().into()
+            } else {
+                recipients.into()
+            },
+        );
+        for name in &self.params.trace_headers.include_meta_names {
+            if let Some(value) = msg.get_meta(name) {
+                object.insert(name.clone(), value);
+            }
+        }
+        let json = serde_json::Value::Object(object).to_string();
+        let encoded = base64::engine::general_purpose::STANDARD.encode(json);
+        if let Err(err) = msg.prepend_header(&self.params.trace_headers.header_name, &encoded, true)
+        {
+            tracing::warn!("cannot add the supplemental trace header: {err}");
+        }
+    }
+}
