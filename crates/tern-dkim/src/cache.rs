@@ -19,6 +19,7 @@ use crate::signer::Signer;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Default number of signers kept, like KumoMTA's `dkim_signer_cache`.
@@ -38,7 +39,7 @@ struct Entry {
 /// A bounded, TTL-based cache of [`Signer`]s keyed by their configuration.
 pub struct SignerCache {
     entries: Mutex<HashMap<CacheKey, Entry>>,
-    capacity: Mutex<usize>,
+    capacity: AtomicUsize,
 }
 
 impl Default for SignerCache {
@@ -52,13 +53,13 @@ impl SignerCache {
     pub fn new(capacity: usize) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
-            capacity: Mutex::new(capacity.max(1)),
+            capacity: AtomicUsize::new(capacity.max(1)),
         }
     }
 
     /// Change the capacity (`kumo.set_lruttl_cache_capacity('dkim_signer_cache', n)`).
     pub fn set_capacity(&self, capacity: usize) {
-        *self.capacity.lock() = capacity.max(1);
+        self.capacity.store(capacity.max(1), Ordering::Relaxed);
     }
 
     /// The cached signer for this configuration, building (and caching) it
@@ -85,7 +86,7 @@ impl SignerCache {
         }
         let signer = Arc::new(Signer::new(&key.config, algorithm)?);
         let expires = now + key.config.ttl;
-        let capacity = *self.capacity.lock();
+        let capacity = self.capacity.load(Ordering::Relaxed);
         let mut entries = self.entries.lock();
         if entries.len() >= capacity && !entries.contains_key(&key) {
             entries.retain(|_, entry| entry.expires > now);

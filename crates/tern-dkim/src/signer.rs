@@ -512,6 +512,26 @@ mod tests {
     }
 
     #[test]
+    fn degenerate_messages_sign_without_panicking() {
+        let signer = signer(json!({"over_sign": true, "body_length": true}));
+        for message in [
+            &b""[..],
+            b"\r\n",
+            b"\n\n\n",
+            b"no header section at all",
+            b" leading continuation\r\nFrom: a@b\r\n\r\nx",
+            b"\xff\xfe\x00:\x00\r\n\r\n\xff",
+            b"From:\r\n\r\n",
+        ] {
+            let header = signer.sign_at(message, 1).unwrap();
+            assert!(header.ends_with("\r\n"), "{message:?}");
+        }
+        let empty = signer.sign_at(b"", 1).unwrap();
+        assert_eq!(tag(&empty, "h").unwrap(), "From:To:Subject");
+        assert_eq!(tag(&empty, "l").unwrap(), "0");
+    }
+
+    #[test]
     fn dns_record_names_the_key() {
         let signer = signer(json!({}));
         assert_eq!(signer.dns_name(), "s1._domainkey.example.com");
