@@ -23,12 +23,21 @@ struct Cli {
 enum Command {
     /// Run the MTA daemon (the equivalent of kumod).
     Serve(ServeOptions),
+    /// Print the records of a log folder as JSON lines, with filters and --follow.
+    Logs(tern_log::cli::LogsArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Serve(options) => run_serve(options),
+        Command::Logs(args) => match tern_log::cli::run(args) {
+            Ok(()) => 0,
+            Err(err) => {
+                eprintln!("tern logs: {err:#}");
+                1
+            }
+        },
     };
     std::process::exit(code);
 }

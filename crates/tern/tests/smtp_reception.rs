@@ -463,3 +463,44 @@ fn minimal_init_helper_policies_start() {
     let mut smtp = server.smtp().unwrap();
     assert_eq!(smtp.read_reply().unwrap().0, 220);
 }
+
+#[test]
+fn tern_logs_prints_the_records_of_a_running_server() {
+    let server = start("LocalDisk");
+    let mut smtp = server.smtp().unwrap();
+    smtp.read_reply().unwrap();
+    smtp.command("EHLO c").unwrap();
+    smtp.command("MAIL FROM:<a@example.com>").unwrap();
+    smtp.command("RCPT TO:<b@example.com>").unwrap();
+    smtp.command("DATA").unwrap();
+    smtp.send_raw(b"Subject: x\r\n\r\nbody\r\n").unwrap();
+    assert_eq!(smtp.command(".").unwrap().0, 250);
+    assert_eq!(smtp.command("VRFY x").unwrap().0, 502);
+    let logs = server.dir().join("logs");
+    // the open segment is readable while the server runs (flushed within ~1 s)
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["logs", "--type", "Reception"])
+            .arg(&logs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lines = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if !lines.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let record: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(record["type"], "Reception");
+    assert_eq!(record["recipient"], "b@example.com");
+}
