@@ -208,7 +208,10 @@ impl Signer {
         }
         header.tag(&format!("t={unix_time}"));
         if let Some(expiration) = self.expiration {
-            header.tag(&format!("x={}", unix_time + expiration.as_secs()));
+            header.tag(&format!(
+                "x={}",
+                unix_time.saturating_add(expiration.as_secs())
+            ));
         }
         if self.body_length {
             header.tag(&format!("l={}", body_hash.length));
