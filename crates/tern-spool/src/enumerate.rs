@@ -73,6 +73,15 @@ impl Producer {
         true
     }
 
+    /// Another producer feeding the same consumer, for walks split over
+    /// several threads.
+    pub(crate) fn sibling(&self) -> Producer {
+        Producer {
+            tx: self.tx.clone(),
+            chunk: Vec::with_capacity(CHUNK),
+        }
+    }
+
     pub(crate) fn error(&mut self, err: SpoolError) -> bool {
         self.flush() && self.tx.blocking_send(Err(err)).is_ok()
     }

@@ -13,7 +13,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tern_spool::{FreeThreshold, Spool, SpoolConfig, SpoolError, SpoolId, SpoolKind};
+use tern_spool::{
+    FreeThreshold, LocalDiskSync, Spool, SpoolConfig, SpoolError, SpoolId, SpoolKind,
+};
 
 const KINDS: [SpoolKind; 2] = [SpoolKind::LocalDisk, SpoolKind::RocksDB];
 
@@ -189,13 +191,13 @@ async fn concurrent_stores_share_syncs() {
         let stats = spool.stats();
         assert_eq!(stats.stores, 2000, "{kind:?}");
         assert!(stats.commits < stats.stores / 4, "{kind:?}: {stats:?}");
-        if kind == SpoolKind::RocksDB {
-            assert_eq!(
-                stats.syncs, stats.commits,
-                "{kind:?}: one WAL sync per batch"
-            );
+        match kind {
+            SpoolKind::RocksDB => assert_eq!(stats.syncs, stats.commits, "one WAL sync per batch"),
+            SpoolKind::LocalDisk => {
+                assert_eq!(stats.syncs, 2 * stats.commits, "two syncfs per batch")
+            }
         }
-        assert!(stats.syncs > 0, "{kind:?}: {stats:?}");
+        assert!(stats.syncs < stats.stores, "{kind:?}: {stats:?}");
         let found = collect(&spool).await;
         assert_eq!(
             found.keys().copied().collect::<HashSet<_>>(),
@@ -206,12 +208,12 @@ async fn concurrent_stores_share_syncs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn syncfs_strategy_needs_fewer_syncs_than_stores() {
+async fn per_file_strategy_batches_too() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Arc::new(
         Spool::open_with(
             &config(dir.path(), SpoolKind::LocalDisk),
-            tern_spool::LocalDiskSync::SyncFs,
+            LocalDiskSync::PerFile,
         )
         .unwrap(),
     );
@@ -228,8 +230,9 @@ async fn syncfs_strategy_needs_fewer_syncs_than_stores() {
     }
     let stats = spool.stats();
     assert_eq!(stats.stores, 2000);
-    assert_eq!(stats.syncs, stats.commits * 2, "{stats:?}");
-    assert!(stats.syncs < stats.stores, "{stats:?}");
+    assert!(stats.commits < stats.stores / 4, "{stats:?}");
+    // every file and every touched directory is synced individually
+    assert!(stats.syncs >= stats.stores, "{stats:?}");
     assert_eq!(collect(&spool).await.len(), 2000);
 }
 
@@ -287,10 +290,15 @@ fn a_second_process_is_refused_with_the_holders_pid() {
 
 #[test]
 fn kill_dash_9_loses_nothing_acknowledged() {
-    for kind in KINDS {
+    let cases = [
+        (SpoolKind::LocalDisk, LocalDiskSync::SyncFs),
+        (SpoolKind::LocalDisk, LocalDiskSync::PerFile),
+        (SpoolKind::RocksDB, LocalDiskSync::default()),
+    ];
+    for (kind, sync) in cases {
         for round in 0..2 {
             let dir = tempfile::tempdir().unwrap();
-            let mut child = spawn_child("store", dir.path(), kind);
+            let mut child = spawn_child_with("store", dir.path(), kind, sync);
             let stdout = child.stdout.take().unwrap();
             let reader = std::thread::spawn(move || {
                 let mut acked = Vec::new();
@@ -327,7 +335,7 @@ fn kill_dash_9_loses_nothing_acknowledged() {
                     assert_eq!(data, &body_for(*id), "{kind:?}: unacknowledged {id} torn");
                 }
                 eprintln!(
-                    "{kind:?}: {} acknowledged, {} found",
+                    "{kind:?}/{sync:?}: {} acknowledged, {} found",
                     acked.len(),
                     found.len()
                 );
@@ -452,7 +460,17 @@ fn reopen_eventually(path: &Path, kind: SpoolKind) -> Spool {
 }
 
 fn spawn_child(mode: &str, path: &Path, kind: SpoolKind) -> std::process::Child {
+    spawn_child_with(mode, path, kind, LocalDiskSync::default())
+}
+
+fn spawn_child_with(
+    mode: &str,
+    path: &Path,
+    kind: SpoolKind,
+    sync: LocalDiskSync,
+) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
+        .env("TERN_SPOOL_CHILD_SYNC", format!("{sync:?}"))
         .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
         .env("TERN_SPOOL_CHILD", mode)
         .env("TERN_SPOOL_CHILD_PATH", path)
@@ -475,7 +493,11 @@ fn child_entry() {
         "RocksDB" => SpoolKind::RocksDB,
         _ => SpoolKind::LocalDisk,
     };
-    let spool = Arc::new(Spool::open(&config(Path::new(&path), kind)).unwrap());
+    let sync = match std::env::var("TERN_SPOOL_CHILD_SYNC").as_deref() {
+        Ok("PerFile") => LocalDiskSync::PerFile,
+        _ => LocalDiskSync::SyncFs,
+    };
+    let spool = Arc::new(Spool::open_with(&config(Path::new(&path), kind), sync).unwrap());
     match mode.as_str() {
         "hold" => {
             println!("READY");
