@@ -54,14 +54,30 @@ fn crash_and_recover(kind: &str) {
         .unwrap();
     let addr = server.listener("smtp");
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let workers: Vec<_> = (0..8)
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let connections = env("TERN_CRASH_CONNECTIONS", 8);
+    let target = env("TERN_CRASH_MESSAGES", 400);
+    let workers: Vec<_> = (0..connections)
         .map(|w| {
             let acked = acked.clone();
             std::thread::spawn(move || sender(addr, w, acked))
         })
         .collect();
-    let pause = 400 + (std::process::id() as u64 % 600);
-    std::thread::sleep(Duration::from_millis(pause));
+    // Kill at a random point between half and all of the target count.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as usize;
+    let kill_at = target / 2 + seed % (target / 2 + 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while acked.lock().unwrap().len() < kill_at && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
     let dir = server.kill9();
     for w in workers {
         let _ = w.join();
