@@ -11,6 +11,12 @@
 //! Methods of the KumoMTA surface that Tern does not implement are still
 //! present and raise `msg:<name> is not supported by Tern yet`, so a policy
 //! fails loudly and clearly instead of with "attempt to call a nil value".
+//!
+//! `msg:dkim_sign(signer)` is the one method whose work lives in another
+//! crate: this crate cannot depend on the DKIM crate (which depends on it),
+//! so the method calls a [`DkimSignHook`] that the DKIM crate stores in the
+//! Lua state's app data. Without a hook the method raises
+//! `msg:dkim_sign is not supported by Tern yet`.
 
 use crate::address::{AddressHeader, Mailbox};
 use crate::edit::ImportHeaderSpec;
@@ -21,11 +27,14 @@ use mlua::{
     Result as LuaResult, Table, UserData, UserDataFields, UserDataMethods, Value as LuaValue,
 };
 use serde_json::Value as JsonValue;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tern_types::EnvelopeAddress;
 
 /// Methods of KumoMTA's message object that Tern does not provide (yet).
-/// `dkim_sign` is deliberately absent: the policy layer adds it.
+/// `dkim_sign` is absent: it is served through [`DkimSignHook`].
 pub const UNSUPPORTED_METHODS: &[&str] = &[
     "dkim_verify",
     "arc_verify",
@@ -36,6 +45,21 @@ pub const UNSUPPORTED_METHODS: &[&str] = &[
     "parse_rfc5965",
     "save",
 ];
+
+/// What a [`DkimSignHook`] returns: a future that completes once the
+/// `DKIM-Signature` header has been prepended to the message. A hook that
+/// signs inline returns an already-finished future, which mlua completes
+/// without yielding, so `msg:dkim_sign` then works outside a coroutine too.
+pub type DkimSignFuture = Pin<Box<dyn Future<Output = LuaResult<()>> + Send + 'static>>;
+
+/// The signing function behind `msg:dkim_sign(signer)`: given the signer
+/// userdata the policy passed and the message, sign and prepend.
+pub type DkimSignFn = dyn Fn(&AnyUserData, &Message) -> LuaResult<DkimSignFuture> + Send + Sync;
+
+/// Installed with `lua.set_app_data(DkimSignHook(...))` by the crate that
+/// owns the signer type; `msg:dkim_sign` looks it up on every call.
+#[derive(Clone)]
+pub struct DkimSignHook(pub Arc<DkimSignFn>);
 
 fn runtime_error(message: impl Into<String>) -> LuaError {
     LuaError::RuntimeError(message.into())
@@ -444,6 +468,26 @@ impl UserData for Message {
             Ok(())
         });
 
+        // --- authentication ---
+        methods.add_async_method("dkim_sign", |lua, this, signer: LuaValue| {
+            // Everything borrowed from Lua is released before the future
+            // runs, so nothing is held across its await.
+            let msg = Message::clone(&this);
+            drop(this);
+            let hook = lua.app_data_ref::<DkimSignHook>().map(|hook| hook.0.clone());
+            let started = match (hook, signer) {
+                (None, _) => Err(runtime_error(
+                    "msg:dkim_sign is not supported by Tern yet",
+                )),
+                (Some(hook), LuaValue::UserData(signer)) => hook(&signer, &msg),
+                (Some(_), other) => Err(runtime_error(format!(
+                    "msg:dkim_sign expects a signer made by kumo.dkim.rsa_sha256_signer or kumo.dkim.ed25519_signer, got {}",
+                    other.type_name()
+                ))),
+            };
+            async move { started?.await }
+        });
+
         for name in UNSUPPORTED_METHODS {
             let message = format!("msg:{name} is not supported by Tern yet");
             methods.add_method(*name, move |_, _, _: mlua::MultiValue| -> LuaResult<()> {
@@ -693,6 +737,85 @@ mod tests {
         assert_eq!(id, msg.id().to_string());
         let err = lua.load("return id_of('x')").eval::<String>().unwrap_err();
         assert!(err.to_string().contains("expected a Message"), "{err}");
+    }
+
+    /// A stand-in signer type, as the DKIM crate would define one.
+    struct FakeSigner(&'static str);
+    impl UserData for FakeSigner {}
+
+    #[test]
+    fn dkim_sign_without_hook_is_unsupported() {
+        let (lua, _msg) = setup();
+        lua.globals().set("signer", FakeSigner("x")).unwrap();
+        let err = lua.load("msg:dkim_sign(signer)").exec().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("msg:dkim_sign is not supported by Tern yet"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn dkim_sign_calls_the_installed_hook() {
+        let (lua, msg) = setup();
+        lua.set_app_data(DkimSignHook(Arc::new(|signer, msg| {
+            let header = signer
+                .borrow::<FakeSigner>()
+                .map_err(|_| runtime_error("not a FakeSigner"))?
+                .0;
+            let mut data = header.as_bytes().to_vec();
+            data.extend_from_slice(&msg.data());
+            msg.set_data(bytes::Bytes::from(data));
+            Ok(Box::pin(async { Ok(()) }))
+        })));
+        lua.globals()
+            .set("signer", FakeSigner("DKIM-Signature: fake\r\n"))
+            .unwrap();
+        // A ready future completes without a coroutine: plain exec works.
+        run(&lua, "msg:dkim_sign(signer)");
+        assert!(msg.data().starts_with(b"DKIM-Signature: fake\r\nFrom: "));
+        let err = lua.load("msg:dkim_sign('nope')").exec().unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("expects a signer made by kumo.dkim.rsa_sha256_signer"),
+            "{err}"
+        );
+        let err = lua.load("msg:dkim_sign(msg)").exec().unwrap_err();
+        assert!(err.to_string().contains("not a FakeSigner"), "{err}");
+    }
+
+    #[test]
+    fn dkim_sign_hook_can_finish_later() {
+        // A hook whose future is pending first (as with a signing pool)
+        // works when the method is called from an async context.
+        let (lua, msg) = setup();
+        lua.set_app_data(DkimSignHook(Arc::new(|_signer, msg| {
+            let msg = msg.clone();
+            let mut polled_once = false;
+            Ok(Box::pin(std::future::poll_fn(move |cx| {
+                if !polled_once {
+                    polled_once = true;
+                    cx.waker().wake_by_ref();
+                    return std::task::Poll::Pending;
+                }
+                msg.set_data(bytes::Bytes::from_static(b"X-Later: 1\r\n\r\nbody\r\n"));
+                std::task::Poll::Ready(Ok(()))
+            })))
+        })));
+        lua.globals().set("signer", FakeSigner("x")).unwrap();
+        let chunk = lua.load("msg:dkim_sign(signer)");
+        let mut future = std::pin::pin!(chunk.exec_async());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let result = loop {
+            if let std::task::Poll::Ready(result) = future.as_mut().poll(&mut cx) {
+                break result;
+            }
+        };
+        result.unwrap();
+        assert_eq!(
+            msg.get_first_named_header_value("X-Later").as_deref(),
+            Some("1")
+        );
     }
 
     #[test]
