@@ -1,7 +1,7 @@
 //! Tern's scheduling core: the pure, mostly synchronous part of the queue
 //! layer.
 //!
-//! This crate knows nothing about Lua, sockets or disks. It provides:
+//! This crate knows nothing about sockets or disks. It provides:
 //!
 //! * [`config`] — the parameter tables of `kumo.make_queue_config`,
 //!   `kumo.make_egress_source`, `kumo.make_egress_pool` and
@@ -15,13 +15,17 @@
 //! * [`throttle`] — in-process GCRA throttles and connection-limit leases;
 //! * [`scheduling`] — `msg:set_scheduling` windows (days of week, time zone,
 //!   start/end) and due-time adjustment;
-//! * [`ready_name`] — ready-queue naming (`source->site@smtp_client`).
+//! * [`ready_name`] — ready-queue naming (`source->site@smtp_client`);
+//! * [`lua`] — the thin Lua layer: the `kumo.make_*` constructors for the
+//!   [`config`] structs ([`QueueLuaRegistrar`]) and the helpers that take
+//!   the structs back out of a handler's return value.
 //!
 //! The server crate wires these to the spool, the policy engine and the
 //! delivery dispatchers.
 
 pub mod backoff;
 pub mod config;
+pub mod lua;
 pub mod ready_name;
 pub mod scheduling;
 pub mod throttle;
@@ -31,6 +35,11 @@ pub mod wrr;
 pub use backoff::{Expiry, RetrySchedule};
 pub use config::{
     DeliveryProtocol, EgressPathConfig, EgressPool, EgressPoolEntry, EgressSource, QueueConfig, Tls,
+};
+pub use lua::{
+    LuaEgressPathConfig, LuaEgressPool, LuaEgressSource, LuaQueueConfig, QueueLuaRegistrar,
+    egress_path_config_from_lua, egress_pool_from_lua, egress_source_from_lua,
+    queue_config_from_lua,
 };
 pub use ready_name::ready_queue_name;
 pub use scheduling::Scheduling;
