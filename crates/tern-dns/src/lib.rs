@@ -10,13 +10,16 @@
 //!   caches them ([`MxResolver`], spec §9.1–9.2).
 //! * [`site`] renders the site name from an MX host list (spec §9.3).
 //!
-//! There is no global state: the server builds a [`DnsConfig`] from the
-//! policy's `init` calls, turns it into one `Arc<MxResolver>` and replaces
-//! that value when the configuration changes. The Lua bindings live in the
-//! policy layer, on top of this API.
+//! * [`lua`] is the `kumo.dns.*` Lua surface: [`DnsRegistrar`] installs it
+//!   in the policy engine, [`DnsHandle`] carries the resolvers it configures.
+//!
+//! There is no global state: the server creates one [`DnsHandle`], the
+//! policy's `init` calls replace the `Arc<MxResolver>` inside it, and the
+//! delivery code reads it with [`DnsHandle::current`].
 
 pub mod config;
 pub mod error;
+pub mod lua;
 pub mod mx;
 pub mod resolver;
 pub mod site;
@@ -27,6 +30,7 @@ pub use config::{
     TestResolverParams, TestZone,
 };
 pub use error::DnsError;
+pub use lua::{DnsHandle, DnsRegistrar};
 pub use mx::{
     Destination, MailExchanger, MtaStsMode, MxResolver, MxSettings, NULL_MX_RESPONSE,
     ResolvedAddress, ResolvedAddresses, classify_domain,
