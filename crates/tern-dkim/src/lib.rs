@@ -1,11 +1,13 @@
 //! DKIM signing for Tern: RSA-SHA256 (RFC 6376) and Ed25519-SHA256 (RFC 8463).
 //!
 //! This crate is what `kumo.dkim.rsa_sha256_signer`, `kumo.dkim.ed25519_signer`,
-//! `kumo.dkim.set_signing_threads` and `msg:dkim_sign(signer)` sit on. It has
-//! no Lua in it: the policy layer deserializes the Lua parameter table into a
-//! [`SignerConfig`], asks the server's [`SignerCache`] for a [`Signer`], and
-//! prepends the header returned by [`Signer::sign`] to the message, either
-//! inline or through a [`SigningPool`] (see [`sign_on`]).
+//! `kumo.dkim.set_signing_threads` and `msg:dkim_sign(signer)` sit on. The
+//! signing core has no Lua in it; the bindings are one module (`lua`) whose
+//! [`DkimRegistrar`] the server hands to the policy engine: it deserializes
+//! the Lua parameter table into a [`SignerConfig`], asks the server's
+//! [`SignerCache`] for a [`Signer`], and prepends the header returned by
+//! [`Signer::sign`] to the message, either inline or through a
+//! [`SigningPool`] (see also [`sign_on`]).
 //!
 //! Canonicalization and header assembly are implemented here (module
 //! `canon`, sans-IO); the cryptography is `ring`. Every signature form is
@@ -15,11 +17,13 @@ mod cache;
 mod canon;
 mod config;
 mod key;
+mod lua;
 mod pool;
 mod signer;
 
 pub use cache::{DEFAULT_CAPACITY, SignerCache};
 pub use config::{Algorithm, Canonicalization, SignerConfig};
+pub use lua::{DkimRegistrar, LuaSigner};
 pub use pool::{SigningPool, sign_on};
 pub use signer::Signer;
 

@@ -63,6 +63,20 @@ impl SigningPool {
     where
         M: AsRef<[u8]> + Send + 'static,
     {
+        self.submit(signer, message)?.await
+    }
+
+    /// Queue `message` for signing now and return a future for the header
+    /// that does not borrow the pool, so a caller that reached the pool
+    /// through a lock can release the lock before waiting.
+    pub fn submit<M>(
+        &self,
+        signer: Arc<Signer>,
+        message: M,
+    ) -> Result<impl Future<Output = Result<String, DkimError>> + Send + 'static, DkimError>
+    where
+        M: AsRef<[u8]> + Send + 'static,
+    {
         let (reply, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             // The caller may have given up waiting; nothing to do then.
@@ -73,9 +87,11 @@ impl SigningPool {
             .ok_or_else(|| DkimError::Pool("the signing pool is shut down".into()))?
             .send(job)
             .map_err(|_| DkimError::Pool("the signing pool is shut down".into()))?;
-        result
-            .await
-            .map_err(|_| DkimError::Pool("a signing thread stopped before replying".into()))?
+        Ok(async move {
+            result
+                .await
+                .map_err(|_| DkimError::Pool("a signing thread stopped before replying".into()))?
+        })
     }
 }
 
