@@ -123,8 +123,13 @@ impl DnsHandle {
     /// Define (or redefine) a named alternate resolver, with the current
     /// MX settings.
     pub fn define(&self, name: &str, resolver: Resolver) {
-        let settings = self.settings();
-        let mx = Arc::new(MxResolver::new(Arc::new(resolver), settings));
+        // Lock in the same order as `update_settings`, so a concurrent
+        // settings change cannot leave this resolver with stale settings.
+        let default = self.inner.default.read();
+        let mx = Arc::new(MxResolver::new(
+            Arc::new(resolver),
+            default.settings().clone(),
+        ));
         self.inner.named.write().insert(name.to_string(), mx);
     }
 
@@ -343,22 +348,29 @@ fn register_lookups(lua: &Lua, dns: &Table, handle: &DnsHandle) -> mlua::Result<
     let h = handle.clone();
     dns.raw_set(
         "lookup_addr",
-        lua.create_async_function(move |_, (name, resolver): (String, Option<String>)| {
-            let selected = h.select(resolver.as_deref());
-            async move {
-                let mx = selected.map_err(|err| lookup_error("lookup_addr", &name, err))?;
-                let answer = mx
-                    .resolver()
-                    .resolve_ip(&name, IpLookupStrategy::Ipv4AndIpv6)
-                    .await;
-                let addresses = records_or_empty(answer)
-                    .map_err(|err| lookup_error("lookup_addr", &name, err))?;
-                Ok(addresses
-                    .into_iter()
-                    .map(|ip| ip.to_string())
-                    .collect::<Vec<_>>())
-            }
-        })?,
+        lua.create_async_function(
+            move |lua, (name, resolver, strategy): (String, Option<String>, Option<Value>)| {
+                let selected = h.select(resolver.as_deref());
+                let strategy = match strategy {
+                    None | Some(Value::Nil) => Ok(IpLookupStrategy::default()),
+                    Some(value) => from_lua_params::<IpLookupStrategy>(
+                        &lua,
+                        value,
+                        "kumo.dns.lookup_addr: strategy",
+                    ),
+                };
+                async move {
+                    let mx = selected.map_err(|err| lookup_error("lookup_addr", &name, err))?;
+                    let answer = mx.resolver().resolve_ip(&name, strategy?).await;
+                    let addresses = records_or_empty(answer)
+                        .map_err(|err| lookup_error("lookup_addr", &name, err))?;
+                    Ok(addresses
+                        .into_iter()
+                        .map(|ip| ip.to_string())
+                        .collect::<Vec<_>>())
+                }
+            },
+        )?,
     )?;
 
     let h = handle.clone();

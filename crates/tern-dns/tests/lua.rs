@@ -192,6 +192,9 @@ kumo.on('check', function()
   return {
     mx2 = kumo.dns.lookup_addr 'mx2.example.com',
     mx1 = kumo.dns.lookup_addr 'mx1.example.com',
+    mx2_v6 = kumo.dns.lookup_addr('mx2.example.com', nil, 'Ipv6Only'),
+    mx1_v6_then_v4 = kumo.dns.lookup_addr('mx1.example.com', nil, 'Ipv6ThenIpv4'),
+    bad_strategy = tostring(select(2, pcall(kumo.dns.lookup_addr, 'mx1.example.com', nil, 'Ipv5'))),
     txt = kumo.dns.lookup_txt 'example.com',
     no_txt = #kumo.dns.lookup_txt 'mx1.example.com',
     ptr = kumo.dns.lookup_ptr '192.0.2.1',
@@ -205,6 +208,12 @@ end)
     let result = call(&lua, "check").await.unwrap();
     assert_eq!(result["mx2"], json!(["192.0.2.2", "2001:db8::2"]));
     assert_eq!(result["mx1"], json!(["192.0.2.1"]));
+    assert_eq!(result["mx2_v6"], json!(["2001:db8::2"]));
+    assert_eq!(result["mx1_v6_then_v4"], json!(["192.0.2.1"]));
+    assert!(
+        result["bad_strategy"].as_str().unwrap().contains("Ipv5"),
+        "{result}"
+    );
     assert_eq!(result["txt"], json!(["v=spf1 -all"]));
     assert_eq!(result["no_txt"], json!(0), "NODATA is an empty list");
     assert_eq!(result["ptr"], json!(["mx1.example.com."]));
