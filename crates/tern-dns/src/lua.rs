@@ -15,7 +15,9 @@
 //! block a runtime thread. They take an optional resolver name that selects
 //! a resolver defined with `define_resolver`. A name that does not exist
 //! (NXDOMAIN) raises a Lua error naming the domain; a name that exists but
-//! has no records of the asked type gives an empty list.
+//! has no records of the asked type gives an empty list. `lookup_addr` also
+//! takes an optional third argument, the `ip_lookup_strategy` name
+//! (`"Ipv4AndIpv6"` by default).
 //!
 //! Not provided (each raises "kumo.dns.<name> is not supported by Tern yet"
 //! through the namespace's metatable): `configure_unbound_resolver`,
