@@ -202,3 +202,30 @@ impl LuaRegistrar for DkimRegistrar {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signing_threads_start_resize_and_reject_zero() {
+        let registrar = DkimRegistrar::default();
+        assert_eq!(registrar.signing_threads(), None);
+        registrar.set_signing_threads(1).unwrap();
+        assert_eq!(registrar.signing_threads(), Some(1));
+        registrar.set_signing_threads(3).unwrap();
+        assert_eq!(registrar.signing_threads(), Some(3));
+        let err = registrar.set_signing_threads(0).unwrap_err().to_string();
+        assert!(err.contains("at least 1 thread"), "{err}");
+        assert_eq!(registrar.signing_threads(), Some(3), "unchanged on error");
+    }
+
+    #[test]
+    fn clones_share_cache_and_pool() {
+        let registrar = DkimRegistrar::new(Arc::new(SignerCache::new(4)));
+        let clone = registrar.clone();
+        clone.set_signing_threads(1).unwrap();
+        assert_eq!(registrar.signing_threads(), Some(1));
+        assert!(Arc::ptr_eq(&registrar.cache, &clone.cache));
+    }
+}

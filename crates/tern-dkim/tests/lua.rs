@@ -44,6 +44,9 @@ kumo.on('sign_ed', function(msg)
     selector = 'ed',
     headers = { 'From', 'To', 'Subject', 'Date' },
     key = '@DIR@/ed.pem',
+    body_canonicalization = 'Simple',
+    expiration = '1h',
+    ttl = 60,
   })
 end)
 
@@ -195,6 +198,19 @@ async fn ed25519_signer_verifies() {
     run(&setup.engine, "sign_ed", &msg).await.unwrap();
     let signed = msg.data();
     assert!(signed.starts_with(b"DKIM-Signature: v=1; a=ed25519-sha256;"));
+    // Options written in Lua reach the signer: duration strings included.
+    let text = String::from_utf8_lossy(&signed);
+    assert!(text.contains("c=relaxed/simple;"), "{text}");
+    let header = text.split("\r\nFrom:").next().unwrap();
+    let tag = |name: &str| -> u64 {
+        header
+            .split(';')
+            .find_map(|part| part.trim().strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= in {header}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(tag("x") - tag("t"), 3600, "{text}");
     assert_all_verify(&signed, 1);
 }
 
