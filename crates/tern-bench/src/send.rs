@@ -40,6 +40,8 @@ use tokio::net::TcpStream;
 const MAX_CONSECUTIVE_FAILURES: u32 = 5;
 /// At most this many distinct error texts are kept for the summary.
 const MAX_ERROR_SAMPLES: usize = 10;
+/// Latencies above an hour are recorded as an hour.
+const MAX_LATENCY_US: u64 = 3_600_000_000;
 
 /// SMTP-specific settings.
 #[derive(Clone, Debug)]
@@ -280,7 +282,8 @@ impl WorkerStats {
             io_errors: 0,
             connections_opened: 0,
             codes: BTreeMap::new(),
-            latency_us: Histogram::new(3).expect("3 significant figures is a valid precision"),
+            latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("bounds and precision are valid"),
         }
     }
 
