@@ -91,9 +91,26 @@ fn make<T: DeserializeOwned>(
             params.type_name()
         )));
     }
-    let config: T = from_lua_params(lua, params, function)?;
+    // Fast path first: `from_lua_params` renders the whole table as JSON
+    // up front for its error text, which doubled the cost of every call
+    // (see examples/dispatch_bench.rs). Only on failure is it called, so
+    // the error wording stays the engine's.
+    let config: T = match parse_strict(params.clone()) {
+        Ok(config) => config,
+        Err(_) => from_lua_params(lua, params, function)?,
+    };
     validate(&config).map_err(|err| mlua::Error::runtime(format!("{function}: {err}")))?;
     Ok(config)
+}
+
+/// Deserialize a Lua value with the same options as `from_lua_params`
+/// (unknown keys are errors through `deny_unknown_fields`), without
+/// building any error context.
+fn parse_strict<T: DeserializeOwned>(value: Value) -> Result<T, mlua::Error> {
+    let options = mlua::serde::de::Options::new()
+        .deny_unsupported_types(false)
+        .deny_recursive_tables(true);
+    T::deserialize(mlua::serde::Deserializer::new_with_options(value, options))
 }
 
 /// The value of field `key` of `config` as Lua sees it in a table; `nil`
@@ -223,14 +240,7 @@ fn from_value<T: Validated>(value: Value, lua_name: &str, function: &str) -> mlu
                 ))
             }),
         Value::Table(table) => {
-            let options = mlua::serde::de::Options::new()
-                .deny_unsupported_types(false)
-                .deny_recursive_tables(true);
-            let config = T::deserialize(mlua::serde::Deserializer::new_with_options(
-                Value::Table(table),
-                options,
-            ))
-            .map_err(|err| {
+            let config = parse_strict::<T>(Value::Table(table)).map_err(|err| {
                 let text = err.to_string();
                 let text = text.strip_prefix("deserialize error: ").unwrap_or(&text);
                 mlua::Error::runtime(format!("{function} (plain table): {text}"))
