@@ -34,6 +34,17 @@ kumo.on('bench_nothing', function(domain, tenant, campaign, routing_domain) end)
 kumo.on('bench_number', function(domain, tenant, campaign, routing_domain) return 42 end)
 "#;
 
+/// A struct with the same four keys as the benchmark table, all plain
+/// strings: the floor of mlua's deserializer for this table.
+#[derive(serde::Deserialize)]
+#[allow(dead_code)]
+struct FourStrings {
+    egress_pool: String,
+    retry_interval: String,
+    max_retry_interval: String,
+    max_age: String,
+}
+
 fn queue_args(lua: &Lua) -> mlua::Result<MultiValue> {
     Ok(MultiValue::from_vec(vec![
         "example.com".into_lua(lua)?,
@@ -258,6 +269,10 @@ fn main() {
         for text in ["5m", "2h", "3 days"] {
             std::hint::black_box(tern_types::parse_duration(text).unwrap());
         }
+    });
+    time("  (compare: mlua from_value -> 4 String fields)", &|| {
+        let c: FourStrings = lua.from_value(params.clone()).unwrap();
+        std::hint::black_box(c);
     });
     time("QueueConfig::validate", &|| {
         let config = std::hint::black_box(QueueConfig::default());
