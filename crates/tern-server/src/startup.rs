@@ -23,9 +23,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     let recorder = InitRecorder::default();
     let mut engine_options = EngineOptions::new(options.policy.clone());
     engine_options.validating = options.validate;
-    engine_options
-        .registrars
-        .push(Arc::new(recorder.clone()) as Arc<dyn LuaRegistrar>);
+    for registrar in registrars(&recorder)? {
+        engine_options.registrars.push(registrar);
+    }
     let engine = PolicyEngine::new(engine_options);
 
     if !options.policy.exists() {
@@ -132,6 +132,33 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     let _ = reception.meta.close().await;
     tracing::info!("shutdown complete");
     Ok(0)
+}
+
+/// Everything that adds `kumo.*` functions to the policy's Lua states.
+fn registrars(recorder: &InitRecorder) -> anyhow::Result<Vec<Arc<dyn LuaRegistrar>>> {
+    let dns = match tern_dns::DnsHandle::system() {
+        Ok(handle) => handle,
+        Err(err) => {
+            tracing::warn!(
+                "the system DNS resolver is unavailable ({err}); policies must configure one"
+            );
+            let empty = tern_dns::TestResolver::from_zones::<&str>(&[])
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            tern_dns::DnsHandle::new(tern_dns::MxResolver::new(
+                Arc::new(tern_dns::Resolver::Test(empty)),
+                tern_dns::MxSettings::default(),
+            ))
+        }
+    };
+    Ok(vec![
+        Arc::new(recorder.clone()),
+        Arc::new(crate::listener_domain::ListenerDomainRegistrar),
+        Arc::new(tern_dns::DnsRegistrar::new(dns)),
+        Arc::new(tern_queue::lua::QueueLuaRegistrar),
+        Arc::new(tern_dkim::DkimRegistrar::new(Arc::new(
+            tern_dkim::SignerCache::default(),
+        ))),
+    ])
 }
 
 async fn run_event(

@@ -25,12 +25,24 @@ enum Command {
     Serve(ServeOptions),
     /// Print the records of a log folder as JSON lines, with filters and --follow.
     Logs(tern_log::cli::LogsArgs),
+    /// Load-testing tools: a mail generator and a test sink.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Inject mail over SMTP or the HTTP injection API and report throughput and latency.
+    Send(tern_bench::cli::SendArgs),
+    /// Run an SMTP sink that accepts, discards or fails mail by recipient local part.
+    Sink(tern_bench::cli::SinkArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Serve(options) => run_serve(options),
+        Command::Bench(command) => run_bench(command),
         Command::Logs(args) => match tern_log::cli::run(args) {
             Ok(()) => 0,
             Err(err) => {
@@ -40,6 +52,32 @@ fn main() {
         },
     };
     std::process::exit(code);
+}
+
+fn run_bench(command: BenchCommand) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("tern: cannot start the runtime: {err}");
+            return 2;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            BenchCommand::Send(args) => tern_bench::cli::run_send(args).await.map(|_| ()),
+            BenchCommand::Sink(args) => tern_bench::cli::run_sink(args).await.map(|_| ()),
+        }
+    });
+    match result {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("tern bench: {err:#}");
+            1
+        }
+    }
 }
 
 fn run_serve(options: ServeOptions) -> i32 {

@@ -504,3 +504,32 @@ fn tern_logs_prints_the_records_of_a_running_server() {
     assert_eq!(record["type"], "Reception");
     assert_eq!(record["recipient"], "b@example.com");
 }
+
+#[test]
+fn listener_domains_grant_relaying() {
+    let policy = r#"local kumo = require 'kumo'
+kumo.on('init', function()
+  kumo.define_spool { name = 'data', path = '{dir}/spool/data' }
+  kumo.define_spool { name = 'meta', path = '{dir}/spool/meta' }
+  kumo.start_esmtp_listener { listen = '127.0.0.1:0', relay_hosts = {} }
+end)
+kumo.on('get_listener_domain', function(domain, listener, conn_meta)
+  if domain == 'inbound.example' then
+    return kumo.make_listener_domain { relay_to = true }
+  end
+end)
+"#;
+    let server = Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
+    let mut smtp = server.smtp().unwrap();
+    smtp.read_reply().unwrap();
+    smtp.command("EHLO c").unwrap();
+    smtp.command("MAIL FROM:<a@example.com>").unwrap();
+    assert_eq!(smtp.command("RCPT TO:<x@inbound.example>").unwrap().0, 250);
+    assert_eq!(
+        smtp.command("RCPT TO:<x@elsewhere.example>").unwrap().0,
+        550
+    );
+}
