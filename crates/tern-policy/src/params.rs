@@ -32,12 +32,14 @@ pub fn from_lua_params<T: DeserializeOwned>(
     value: Value,
     function: &str,
 ) -> mlua::Result<T> {
-    let json = lua_to_json(lua, value.clone()).ok();
-    lua.from_value_with::<T>(value, deserialize_options())
+    // The JSON rendering is only for the error text, so it is built only
+    // when parsing fails: this function is on the path of every realtime
+    // `kumo.make_*` call.
+    lua.from_value_with::<T>(value.clone(), deserialize_options())
         .map_err(|err| {
-            let what = match &json {
-                Some(json) => format!(", while processing {json}"),
-                None => String::new(),
+            let what = match lua_to_json(lua, value) {
+                Ok(json) => format!(", while processing {json}"),
+                Err(_) => String::new(),
             };
             mlua::Error::runtime(format!("{function}: {}{what}", strip_mlua_prefix(&err)))
         })
