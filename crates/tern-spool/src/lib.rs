@@ -314,11 +314,19 @@ impl Spool {
         }
     }
 
-    /// `Err("disk is too full: ...")` when the filesystem holding the spool
-    /// is below `min_free_space` or `min_free_inodes`. The text begins with
-    /// [`DISK_TOO_FULL`], which goes into `421 4.3.2 <host> disk is too
-    /// full. Try later`.
+    /// `Err("disk is too full")` when the filesystem holding the spool is
+    /// below `min_free_space` or `min_free_inodes` (or cannot be checked).
+    /// The text is exactly [`DISK_TOO_FULL`], ready for `421 4.3.2 <host>
+    /// disk is too full. Try later`; [`Spool::explain_free_space`] gives the
+    /// figures for the log.
     pub fn check_free_space(&self) -> Result<(), String> {
+        self.explain_free_space()
+            .map_err(|_| DISK_TOO_FULL.to_string())
+    }
+
+    /// As [`Spool::check_free_space`], with the figures: `Err("disk is too
+    /// full: 1234 bytes available, min_free_space requires 5678")`.
+    pub fn explain_free_space(&self) -> Result<(), String> {
         let space = space::free_space(&self.config.path).map_err(|err| {
             format!(
                 "{DISK_TOO_FULL}: cannot statvfs {}: {err}",

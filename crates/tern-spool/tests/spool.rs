@@ -394,14 +394,19 @@ async fn free_space_thresholds_refuse_reception() {
     assert!(space.total_bytes > 0);
 
     let impossible = FreeThreshold::Absolute(space.available_bytes.saturating_mul(4).max(1 << 50));
-    let err = open("b", impossible, none).check_free_space().unwrap_err();
-    assert!(err.starts_with(tern_spool::DISK_TOO_FULL), "{err}");
-    assert!(err.contains("bytes"), "{err}");
+    let full = open("b", impossible, none);
+    assert_eq!(full.check_free_space().unwrap_err(), "disk is too full");
+    let detail = full.explain_free_space().unwrap_err();
+    assert!(detail.starts_with("disk is too full: "), "{detail}");
+    assert!(detail.contains("bytes available"), "{detail}");
 
-    let err = open("c", none, FreeThreshold::Percent(100.0))
-        .check_free_space()
-        .unwrap_err();
-    assert!(err.contains("inodes"), "{err}");
+    let no_inodes = open("c", none, FreeThreshold::Percent(100.0));
+    assert_eq!(
+        no_inodes.check_free_space().unwrap_err(),
+        tern_spool::DISK_TOO_FULL
+    );
+    let detail = no_inodes.explain_free_space().unwrap_err();
+    assert!(detail.contains("inodes available"), "{detail}");
 }
 
 #[tokio::test]
