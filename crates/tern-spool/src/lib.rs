@@ -211,6 +211,7 @@ impl Spool {
             )));
         }
         let lock = SpoolLock::acquire(path)?;
+        check_kind_matches(config)?;
         let counters = Arc::new(Counters::default());
         let backend = match config.kind {
             SpoolKind::LocalDisk => Backend::LocalDisk(local_disk::LocalDisk::open(
@@ -376,6 +377,27 @@ impl Spool {
             syncs: self.counters.syncs.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Refuses to open a directory that holds the other kind of spool: after a
+/// `kind` change the messages already stored would otherwise be silently
+/// invisible (never delivered) until someone noticed.
+fn check_kind_matches(config: &SpoolConfig) -> Result<()> {
+    let path = &config.path;
+    let looks_like_rocks = path.join("CURRENT").exists();
+    let looks_like_local = path.join("data").is_dir() && path.join("new").is_dir();
+    let found = match config.kind {
+        SpoolKind::LocalDisk if looks_like_rocks => "RocksDB",
+        SpoolKind::RocksDB if looks_like_local => "LocalDisk",
+        _ => return Ok(()),
+    };
+    Err(SpoolError::Config(format!(
+        "spool '{}': {} holds a {found} spool but kind = '{:?}'; \
+         drain it or point path elsewhere before changing kind",
+        config.name,
+        path.display(),
+        config.kind
+    )))
 }
 
 /// What a store waits on: the writer thread's verdict for its batch.

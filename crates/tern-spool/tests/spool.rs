@@ -377,6 +377,23 @@ fn bad_paths_give_clear_errors() {
     }
 }
 
+#[test]
+fn changing_kind_on_an_existing_spool_is_refused() {
+    for (first, second) in [
+        (SpoolKind::LocalDisk, SpoolKind::RocksDB),
+        (SpoolKind::RocksDB, SpoolKind::LocalDisk),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Spool::open(&config(dir.path(), first)).unwrap());
+        let err = match open_unlocked(&config(dir.path(), second)) {
+            Err(SpoolError::Config(text)) => text,
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("{second:?} opened a {first:?} spool"),
+        };
+        assert!(err.contains(&format!("holds a {first:?} spool")), "{err}");
+    }
+}
+
 #[tokio::test]
 async fn free_space_thresholds_refuse_reception() {
     let dir = tempfile::tempdir().unwrap();
@@ -452,14 +469,20 @@ async fn rocks_params_are_applied_at_open() {
 /// `exec` the child shares every descriptor, including the lock's, so the
 /// lock can outlive our drop by a few milliseconds.
 fn reopen_eventually(path: &Path, kind: SpoolKind) -> Spool {
+    open_unlocked(&config(path, kind))
+        .unwrap_or_else(|err| panic!("reopen of {} failed: {err}", path.display()))
+}
+
+/// `Spool::open`, retrying for a while as long as the only error is the
+/// lock (see [`reopen_eventually`]).
+fn open_unlocked(cfg: &SpoolConfig) -> Result<Spool, SpoolError> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match Spool::open(&config(path, kind)) {
-            Ok(spool) => return spool,
+        match Spool::open(cfg) {
             Err(SpoolError::Locked { .. }) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(err) => panic!("reopen of {} failed: {err}", path.display()),
+            outcome => return outcome,
         }
     }
 }
