@@ -227,3 +227,58 @@ fn missing_policy_file_is_reported() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/init.lua"));
 }
+
+#[test]
+fn node_id_diag_dir_and_json_format_are_honoured() {
+    let diag = tempfile::tempdir().unwrap();
+    let node = "557f3ad4-2c8c-11ee-976e-782d7e12e173";
+    let policy = minimal_init(
+        "  kumo.configure_local_logs { log_dir = '{dir}/logs' }\n  kumo.start_esmtp_listener { listen = '127.0.0.1:0' }",
+    );
+    let mut server = builder(&policy)
+        .env("KUMO_NODE_ID", node)
+        .arg("--diag-log-dir")
+        .arg(diag.path().to_str().unwrap())
+        .arg("--diag-format")
+        .arg("json")
+        .no_wait()
+        .start()
+        .unwrap();
+    // startup lines go to the diagnostic log file, as JSON
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = std::fs::read_dir(diag.path())
+            .unwrap()
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect();
+        if text.contains("initialization complete") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let line = text
+        .lines()
+        .find(|l| l.contains("smtp listener on"))
+        .expect(&text);
+    let json: serde_json::Value = serde_json::from_str(line).expect("diag lines are JSON");
+    let message = json["fields"]["message"].as_str().unwrap();
+    let addr: std::net::SocketAddr = message.rsplit(' ').next().unwrap().parse().unwrap();
+
+    let mut smtp = tern_testkit::SmtpClient::connect(addr).unwrap();
+    smtp.read_reply().unwrap();
+    smtp.command("EHLO c").unwrap();
+    smtp.command("MAIL FROM:<a@example.com>").unwrap();
+    smtp.command("RCPT TO:<b@example.com>").unwrap();
+    smtp.command("DATA").unwrap();
+    smtp.send_raw(b"Subject: x\r\n\r\nbody\r\n").unwrap();
+    assert_eq!(smtp.command(".").unwrap().0, 250);
+    server.signal(libc::SIGTERM);
+    server.wait_exit(Duration::from_secs(20)).unwrap();
+    let records = tern_log::LogReader::open(server.dir().join("logs"), Default::default())
+        .unwrap()
+        .map(|line| serde_json::from_str::<serde_json::Value>(&line.unwrap().text).unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["nodeid"], node);
+}
