@@ -72,14 +72,6 @@ impl HandlerTable {
             .get(event)
             .is_some_and(|l| !l.is_empty())
     }
-
-    pub fn locations(&self, event: &str) -> Vec<String> {
-        self.handlers
-            .lock()
-            .get(event)
-            .map(|list| list.iter().map(|h| h.location.clone()).collect())
-            .unwrap_or_default()
-    }
 }
 
 /// The `file:line` of the Lua code that called the current Rust function.

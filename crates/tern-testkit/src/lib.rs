@@ -469,6 +469,29 @@ impl SmtpClient {
         self.read_reply()
     }
 
+    /// One transaction after the greeting and EHLO: MAIL, RCPT, DATA, the
+    /// body (which must end with CRLF and be dot-stuffed already), and the
+    /// final dot. Returns the reply to the final dot.
+    pub fn send_message(
+        &mut self,
+        from: &str,
+        to: &str,
+        body: &[u8],
+    ) -> anyhow::Result<(u16, String)> {
+        for (line, want) in [
+            (format!("MAIL FROM:<{from}>"), 250),
+            (format!("RCPT TO:<{to}>"), 250),
+            ("DATA".to_string(), 354),
+        ] {
+            let (code, text) = self.command(&line)?;
+            if code != want {
+                return Ok((code, text));
+            }
+        }
+        self.send_raw(body)?;
+        self.command(".")
+    }
+
     /// True when the server has closed the connection.
     pub fn is_closed(&mut self) -> bool {
         let mut buf = [0u8; 1];

@@ -58,11 +58,7 @@ fn messages_are_signed_by_from_domain_and_verify_in_dkimpy() {
     let mut smtp = server.smtp().unwrap();
     smtp.read_reply().unwrap();
     smtp.command("EHLO c").unwrap();
-    smtp.command("MAIL FROM:<a@example.com>").unwrap();
-    smtp.command("RCPT TO:<b@example.net>").unwrap();
-    smtp.command("DATA").unwrap();
-    smtp.send_raw(b"From: Alice <alice@example.com>\r\nTo: b@example.net\r\nSubject: signed\r\n\r\nHello \xc3\xa9t\xc3\xa9\r\n \r\n\t\r\n").unwrap();
-    let (code, reply) = smtp.command(".").unwrap();
+    let (code, reply) = smtp.send_message("a@example.com", "b@example.net", b"From: Alice <alice@example.com>\r\nTo: b@example.net\r\nSubject: signed\r\n\r\nHello \xc3\xa9t\xc3\xa9\r\n \r\n\t\r\n").unwrap();
     assert_eq!(code, 250, "{reply}");
     let id: tern_types::SpoolId = reply.split("ids=").nth(1).unwrap().trim().parse().unwrap();
     let dir = server.stop();

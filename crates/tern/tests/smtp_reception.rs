@@ -470,11 +470,16 @@ fn tern_logs_prints_the_records_of_a_running_server() {
     let mut smtp = server.smtp().unwrap();
     smtp.read_reply().unwrap();
     smtp.command("EHLO c").unwrap();
-    smtp.command("MAIL FROM:<a@example.com>").unwrap();
-    smtp.command("RCPT TO:<b@example.com>").unwrap();
-    smtp.command("DATA").unwrap();
-    smtp.send_raw(b"Subject: x\r\n\r\nbody\r\n").unwrap();
-    assert_eq!(smtp.command(".").unwrap().0, 250);
+    assert_eq!(
+        smtp.send_message(
+            "a@example.com",
+            "b@example.com",
+            b"Subject: x\r\n\r\nbody\r\n"
+        )
+        .unwrap()
+        .0,
+        250
+    );
     assert_eq!(smtp.command("VRFY x").unwrap().0, 502);
     let logs = server.dir().join("logs");
     // the open segment is readable while the server runs (flushed within ~1 s)

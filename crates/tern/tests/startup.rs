@@ -268,11 +268,16 @@ fn node_id_diag_dir_and_json_format_are_honoured() {
     let mut smtp = tern_testkit::SmtpClient::connect(addr).unwrap();
     smtp.read_reply().unwrap();
     smtp.command("EHLO c").unwrap();
-    smtp.command("MAIL FROM:<a@example.com>").unwrap();
-    smtp.command("RCPT TO:<b@example.com>").unwrap();
-    smtp.command("DATA").unwrap();
-    smtp.send_raw(b"Subject: x\r\n\r\nbody\r\n").unwrap();
-    assert_eq!(smtp.command(".").unwrap().0, 250);
+    assert_eq!(
+        smtp.send_message(
+            "a@example.com",
+            "b@example.com",
+            b"Subject: x\r\n\r\nbody\r\n"
+        )
+        .unwrap()
+        .0,
+        250
+    );
     server.signal(libc::SIGTERM);
     server.wait_exit(Duration::from_secs(20)).unwrap();
     let records = tern_log::LogReader::open(server.dir().join("logs"), Default::default())

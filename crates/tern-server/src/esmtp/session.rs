@@ -299,8 +299,8 @@ impl Session {
             reply = self.rewrite(reply, command).await;
         }
         if (400..600).contains(&reply.code) {
-            let load_shed = reply.code == 421
-                && reply.enhanced.map(|e| e.to_string()) == Some("4.3.2".to_string());
+            let load_shed =
+                reply.code == 421 && reply.enhanced == Some(tern_smtp::EnhancedCode::new(4, 3, 2));
             if !load_shed {
                 self.log_rejection(&reply).await;
             }
@@ -736,16 +736,14 @@ impl Session {
                 .await;
             return Ok(());
         };
-        let conn_meta = self.meta.snapshot();
-        let mut base_meta = conn_meta.clone();
+        let mut base_meta = self.meta.snapshot();
         base_meta.insert("session_id".into(), self.session_id.to_string().into());
-        let body = Bytes::from(body);
         let base = Message::new(
             SpoolId::new(),
-            sender.clone(),
-            recipients.clone(),
-            base_meta.clone(),
-            body,
+            sender,
+            recipients,
+            base_meta,
+            Bytes::from(body),
         );
         let meta = self.meta.clone();
         let msg = base.clone();
@@ -769,13 +767,12 @@ impl Session {
             let id = SpoolId::new();
             let mut data = base.data();
             if self.params.trace_headers.received_header {
-                data = self
-                    .received_header(id, batch.first())
-                    .into_bytes()
-                    .into_iter()
-                    .chain(data.iter().copied())
-                    .collect::<Vec<u8>>()
-                    .into();
+                // One allocation and two copies: this runs for every message.
+                let header = self.received_header(id, batch.first());
+                let mut with_header = Vec::with_capacity(header.len() + data.len());
+                with_header.extend_from_slice(header.as_bytes());
+                with_header.extend_from_slice(&data);
+                data = with_header.into();
             }
             let msg = Message::new(id, base.sender(), batch, base.meta(), data);
             let meta = self.meta.clone();
