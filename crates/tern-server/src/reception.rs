@@ -5,11 +5,37 @@
 //! sync (group commit), so the `250` is sent only once both halves of
 //! every message are on stable storage, at little cost per message.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use tern_log::{LogRecord, Logger, MessageInfo};
 use tern_message::Message;
 use tern_spool::Spool;
+
+/// Where accepted messages go after they are durable: the queue layer.
+/// Reception knows it only through this trait, so the listeners do not
+/// depend on how queues are built.
+pub trait QueueSink: Send + Sync {
+    /// Take ownership of a spooled (or deliberately unspooled) message
+    /// bound for `queue`.
+    fn enqueue(&self, msg: Message, queue: String);
+}
+
+/// Why [`Reception::accept`] refused a batch. Nothing of the batch was kept.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("cannot compute the queue of {id}: {reason}")]
+    QueueName { id: String, reason: String },
+    #[error("spool write failed: {0}")]
+    Spool(String),
+}
+
+/// How a batch arrived, for the Reception records.
+pub struct Arrival<'a> {
+    /// `(EHLO name or "", peer IP)` for `peer_address`.
+    pub peer: Option<(&'a str, &'a str)>,
+    /// `deferred_spool`: queue without writing the spool first.
+    pub deferred_spool: bool,
+}
 
 pub struct Reception {
     pub data: Spool,
@@ -18,9 +44,58 @@ pub struct Reception {
     pub node_id: uuid::Uuid,
     /// Messages accepted into the spool and waiting there (no queue yet).
     pub spooled: AtomicU64,
+    /// Set once the queue layer is running (before ingress opens).
+    pub queues: OnceLock<Arc<dyn QueueSink>>,
 }
 
 impl Reception {
+    /// The one hand-off for every ingress (SMTP and HTTP): compute each
+    /// message's queue, make the messages durable (all or none), log their
+    /// Reception records, and give them to the queue layer. Messages bound
+    /// for the `null` queue are accepted and dropped (§5.3). Returns the
+    /// queue name of each message, in order.
+    pub async fn accept(
+        &self,
+        messages: Vec<Message>,
+        arrival: Arrival<'_>,
+    ) -> Result<Vec<String>, AcceptError> {
+        let mut queues = Vec::with_capacity(messages.len());
+        for msg in &messages {
+            let queue = msg.queue_name().map_err(|reason| AcceptError::QueueName {
+                id: msg.id().to_string(),
+                reason: reason.to_string(),
+            })?;
+            queues.push(queue);
+        }
+        if !arrival.deferred_spool {
+            let to_spool: Vec<Message> = messages
+                .iter()
+                .zip(&queues)
+                .filter(|(_, q)| q.as_str() != "null")
+                .map(|(m, _)| m.clone())
+                .collect();
+            self.spool_all(&to_spool)
+                .await
+                .map_err(AcceptError::Spool)?;
+        }
+        for (msg, queue) in messages.iter().zip(&queues) {
+            self.log_reception(msg, queue, arrival.peer).await;
+        }
+        for (msg, queue) in messages.into_iter().zip(&queues) {
+            if queue == "null" {
+                continue;
+            }
+            match self.queues.get() {
+                Some(sink) => sink.enqueue(msg, queue.clone()),
+                None => tracing::error!(
+                    "message {} accepted before the queue layer started; it stays in the spool",
+                    msg.id()
+                ),
+            }
+        }
+        Ok(queues)
+    }
+
     /// Store every message in both spools; fails as a whole if any write
     /// fails, after removing what was written.
     pub async fn spool_all(&self, messages: &[Message]) -> Result<(), String> {

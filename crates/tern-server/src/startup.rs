@@ -208,6 +208,7 @@ async fn open_spools_and_logs(
         loggers: Arc::new(loggers),
         node_id,
         spooled: Default::default(),
+        queues: Default::default(),
     })
 }
 

@@ -7,6 +7,7 @@
 use super::listener::Listener;
 use super::params::{BatchHandling, EsmtpParams};
 use crate::conn_meta::ConnectionMeta;
+use crate::reception::{AcceptError, Arrival};
 use crate::state::ServerState;
 use bytes::{Bytes, BytesMut};
 use mlua::{IntoLuaMulti, Lua, MultiValue, Value};
@@ -796,40 +797,32 @@ impl Session {
             return Ok(());
         }
 
-        let mut to_spool = Vec::with_capacity(accepted.len());
-        let mut queues = Vec::with_capacity(accepted.len());
-        for msg in &accepted {
-            let queue = match msg.queue_name() {
-                Ok(queue) => queue,
-                Err(err) => {
-                    tracing::error!("cannot compute the queue of {}: {err}", msg.id());
-                    self.reply(Reply::technical_difficulties(&self.hostname), Some("."))
-                        .await;
-                    return Ok(());
-                }
-            };
-            if self.params.trace_headers.supplemental_header {
+        if self.params.trace_headers.supplemental_header {
+            for msg in &accepted {
                 self.supplemental_header(msg);
             }
-            if queue != "null" && !self.params.deferred_spool {
-                to_spool.push(msg.clone());
-            }
-            queues.push(queue);
         }
-        if let Err(err) = reception.spool_all(&to_spool).await {
-            tracing::error!("spool write failed: {err}");
-            self.reply(Reply::spool_not_accepting_writes(&self.hostname), Some("."))
-                .await;
-            return Ok(());
-        }
+        let ids: Vec<String> = accepted.iter().map(|m| m.id().to_string()).collect();
         let ehlo = self.smtp.ehlo_domain().unwrap_or("").to_string();
         let peer_ip = self.peer.ip().to_string();
-        let mut ids = Vec::with_capacity(accepted.len());
-        for (msg, queue) in accepted.iter().zip(&queues) {
-            reception
-                .log_reception(msg, queue, Some((&ehlo, &peer_ip)))
-                .await;
-            ids.push(msg.id().to_string());
+        let arrival = Arrival {
+            peer: Some((&ehlo, &peer_ip)),
+            deferred_spool: self.params.deferred_spool,
+        };
+        match reception.accept(accepted, arrival).await {
+            Ok(_) => {}
+            Err(err @ AcceptError::QueueName { .. }) => {
+                tracing::error!("{err}");
+                self.reply(Reply::technical_difficulties(&self.hostname), Some("."))
+                    .await;
+                return Ok(());
+            }
+            Err(err @ AcceptError::Spool(_)) => {
+                tracing::error!("{err}");
+                self.reply(Reply::spool_not_accepting_writes(&self.hostname), Some("."))
+                    .await;
+                return Ok(());
+            }
         }
         self.reply(Reply::queued(&ids, false), Some(".")).await;
         Ok(())

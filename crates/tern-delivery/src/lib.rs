@@ -1,0 +1,2 @@
+//! Outbound delivery for Tern (work in progress): connection plans, the
+//! async SMTP client and Maildir delivery.
