@@ -101,3 +101,18 @@ pub async fn start(
     });
     Ok(local)
 }
+
+/// The OpenAPI description of the HTTP API (`tern serve --dump-openapi-spec`).
+pub fn openapi_spec() -> String {
+    // Filled in with the injection API; until then only liveness is served.
+    serde_json::json!({
+        "openapi": "3.0.3",
+        "info": { "title": "Tern HTTP API", "version": env!("CARGO_PKG_VERSION") },
+        "paths": {
+            "/api/check-liveness/v1": {
+                "get": { "responses": { "200": { "description": "ready" }, "503": { "description": "not ready" } } }
+            }
+        }
+    })
+    .to_string()
+}

@@ -81,6 +81,10 @@ fn run_bench(command: BenchCommand) -> i32 {
 }
 
 fn run_serve(options: ServeOptions) -> i32 {
+    if options.dump_openapi_spec {
+        println!("{}", tern_server::http::openapi_spec());
+        return 0;
+    }
     let quiet = options.validate || options.script;
     if let Err(err) =
         tern_server::diag::init(options.diag_format, options.diag_log_dir.as_deref(), quiet)
