@@ -22,6 +22,7 @@ pub mod listener_domain;
 pub mod nodeid;
 pub mod options;
 pub mod privileges;
+pub mod queue;
 pub mod reception;
 pub mod startup;
 pub mod state;

@@ -161,20 +161,32 @@ impl Reception {
         ) {
             record = record.with_tls(cipher, version, None);
         }
-        let meta = msg.meta();
+        self.log_for_message(record, msg).await;
+    }
+
+    /// Submit a record about `msg` to every logger that wants its type,
+    /// with each logger's meta and header capture (§12.1).
+    pub async fn log_for_message(&self, record: LogRecord, msg: &Message) {
+        let mut meta = None;
+        let mut headers = None;
         for logger in self.loggers.iter() {
-            if logger.is_enabled(record.kind) {
-                let captured = tern_log::capture_meta(logger.config(), &meta);
-                let mut copy = record.clone().with_meta(captured);
-                if !logger.config().headers.is_empty() {
-                    let headers = msg.get_all_headers();
-                    copy = copy.with_headers(tern_log::capture_headers(
-                        logger.config(),
-                        headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-                    ));
-                }
-                let _ = logger.submit(copy).await;
+            if !logger.is_enabled(record.kind) {
+                continue;
             }
+            let config = logger.config();
+            let mut copy = record.clone();
+            if !config.meta.is_empty() {
+                let meta = meta.get_or_insert_with(|| msg.meta());
+                copy = copy.with_meta(tern_log::capture_meta(config, meta));
+            }
+            if !config.headers.is_empty() {
+                let headers = headers.get_or_insert_with(|| msg.get_all_headers());
+                copy = copy.with_headers(tern_log::capture_headers(
+                    config,
+                    headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+                ));
+            }
+            let _ = logger.submit(copy).await;
         }
     }
 }

@@ -23,7 +23,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     let recorder = InitRecorder::default();
     let mut engine_options = EngineOptions::new(options.policy.clone());
     engine_options.validating = options.validate;
-    for registrar in registrars(&recorder)? {
+    let (registrars, dns) = registrars(&recorder)?;
+    for registrar in registrars {
         engine_options.registrars.push(registrar);
     }
     let engine = PolicyEngine::new(engine_options);
@@ -110,11 +111,27 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     let reception = open_spools_and_logs(&config.spools, config.log_configs, node_id).await?;
     let reception = Arc::new(reception);
     state.set_reception(reception.clone());
-    let recovered = count_spooled(&reception).await;
+    let queues = crate::queue::QueueManager::new(
+        engine.clone(),
+        reception.clone(),
+        state.hostname.clone(),
+        dns,
+        state.shutdown_signal(),
+    );
+    let _ = reception
+        .queues
+        .set(Arc::new(crate::queue::ManagerSink(queues.clone())));
+    let recovered = crate::queue::recovery::recover(&queues).await;
     reception
         .spooled
-        .store(recovered, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!("spool holds {recovered} messages");
+        .store(recovered.queued, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        "spool recovery: {} messages queued, {} expired, {} corrupt entries removed in {:.2}s",
+        recovered.queued,
+        recovered.expired,
+        recovered.corrupt,
+        recovered.seconds
+    );
     state.set_spool_ready();
     tracing::info!("initialization complete");
 
@@ -135,7 +152,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
 }
 
 /// Everything that adds `kumo.*` functions to the policy's Lua states.
-fn registrars(recorder: &InitRecorder) -> anyhow::Result<Vec<Arc<dyn LuaRegistrar>>> {
+#[allow(clippy::type_complexity)]
+fn registrars(
+    recorder: &InitRecorder,
+) -> anyhow::Result<(Vec<Arc<dyn LuaRegistrar>>, tern_dns::DnsHandle)> {
     let dns = match tern_dns::DnsHandle::system() {
         Ok(handle) => handle,
         Err(err) => {
@@ -150,15 +170,16 @@ fn registrars(recorder: &InitRecorder) -> anyhow::Result<Vec<Arc<dyn LuaRegistra
             ))
         }
     };
-    Ok(vec![
+    let registrars: Vec<Arc<dyn LuaRegistrar>> = vec![
         Arc::new(recorder.clone()),
         Arc::new(crate::listener_domain::ListenerDomainRegistrar),
-        Arc::new(tern_dns::DnsRegistrar::new(dns)),
+        Arc::new(tern_dns::DnsRegistrar::new(dns.clone())),
         Arc::new(tern_queue::lua::QueueLuaRegistrar),
         Arc::new(tern_dkim::DkimRegistrar::new(Arc::new(
             tern_dkim::SignerCache::default(),
         ))),
-    ])
+    ];
+    Ok((registrars, dns))
 }
 
 async fn run_event(
@@ -210,20 +231,6 @@ async fn open_spools_and_logs(
         spooled: Default::default(),
         queues: Default::default(),
     })
-}
-
-/// Count what the meta spool holds at startup. Until the queue layer
-/// lands, recovered messages stay in the spool untouched.
-async fn count_spooled(reception: &crate::reception::Reception) -> u64 {
-    let mut entries = reception.meta.enumerate();
-    let mut count = 0;
-    while let Some(entry) = entries.next().await {
-        match entry {
-            Ok(_) => count += 1,
-            Err(err) => tracing::warn!("spool enumeration: {err}"),
-        }
-    }
-    count
 }
 
 /// Checks that need the whole init-time configuration.

@@ -129,10 +129,10 @@ fn crash_and_recover(kind: &str) {
         .start()
         .unwrap();
     let line = server
-        .wait_for_line("spool holds", Duration::from_secs(30))
+        .wait_for_line("spool recovery:", Duration::from_secs(30))
         .unwrap();
     let count: usize = line
-        .split("spool holds ")
+        .split("spool recovery: ")
         .nth(1)
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())

@@ -1,0 +1,127 @@
+//! The queue layer: scheduled queues, promotion into ready queues, the
+//! delivery dispatchers, retries and spool recovery.
+//!
+//! This is the hand-off point between reception and delivery (the Postfix
+//! model): [`crate::reception::Reception::accept`] gives every durable
+//! message to the [`QueueManager`] through the
+//! [`crate::reception::QueueSink`] trait, and nothing upstream knows more
+//! about queues than that.
+//!
+//! ```text
+//! accept ─▶ ScheduledQueue (campaign:tenant@domain)
+//!              │ due now / timer wheel (id + attempts only)
+//!              ▼ promotion: config, MX, egress pool (WRR)
+//!           ReadyQueue (source->site@smtp_client, bounded by max_ready)
+//!              │ dispatcher: connection limit, rates
+//!              ▼
+//!           SMTP client (tern-delivery) ─▶ Delivery / Bounce / TransientFailure
+//!              │ transient
+//!              └──▶ back to the ScheduledQueue with the backoff of §7
+//! ```
+//!
+//! A message waiting for a retry is kept in memory as its spool id and
+//! attempt counter only (see [`scheduled::Waiting`]); its body and
+//! metadata are read back from the spool when it is due.
+//!
+//! Modules: [`scheduled`] (scheduled queues and their maintainer task),
+//! [`ready`] (ready queues and dispatchers), [`policy`] (the Lua events
+//! that configure queues, sources, pools and paths, with their caches),
+//! [`disposition`] (logging outcomes, requeue, expiry, removal),
+//! [`recovery`] (spool enumeration at startup).
+
+pub mod disposition;
+pub mod policy;
+pub mod ready;
+pub mod recovery;
+pub mod scheduled;
+
+use crate::reception::{QueueSink, Reception};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tern_dns::DnsHandle;
+use tern_message::Message;
+use tern_policy::PolicyEngine;
+use tern_queue::{ConnectionLimiter, ThrottleRegistry};
+use tokio::sync::watch;
+
+pub use ready::ReadyQueue;
+pub use scheduled::ScheduledQueue;
+
+/// Everything the queue layer shares; one per process.
+pub struct QueueManager {
+    pub(crate) engine: PolicyEngine,
+    pub(crate) reception: Arc<Reception>,
+    pub(crate) hostname: String,
+    pub(crate) dns: DnsHandle,
+    pub(crate) scheduled: Mutex<HashMap<String, Arc<ScheduledQueue>>>,
+    pub(crate) ready: Mutex<HashMap<String, Arc<ReadyQueue>>>,
+    pub(crate) policy: policy::PolicyCache,
+    pub(crate) throttles: ThrottleRegistry,
+    pub(crate) connections: ConnectionLimiter,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+impl QueueManager {
+    pub fn new(
+        engine: PolicyEngine,
+        reception: Arc<Reception>,
+        hostname: String,
+        dns: DnsHandle,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            reception,
+            hostname,
+            dns,
+            scheduled: Mutex::new(HashMap::new()),
+            ready: Mutex::new(HashMap::new()),
+            policy: policy::PolicyCache::default(),
+            throttles: ThrottleRegistry::new(),
+            connections: ConnectionLimiter::new(),
+            shutdown,
+        })
+    }
+
+    /// The scheduled queue `name`, created (and its maintainer started)
+    /// when it does not exist. Holding the map lock while the caller
+    /// inserts is what keeps the reaper from dropping a queue that is
+    /// receiving a message: see [`QueueManager::with_scheduled`].
+    pub(crate) fn with_scheduled<R>(
+        self: &Arc<Self>,
+        name: &str,
+        insert: impl FnOnce(&ScheduledQueue) -> R,
+    ) -> R {
+        let mut map = self.scheduled.lock();
+        if let Some(queue) = map.get(name) {
+            return insert(queue);
+        }
+        let queue = ScheduledQueue::new(name);
+        let result = insert(&queue);
+        map.insert(name.to_string(), queue.clone());
+        drop(map);
+        tokio::spawn(scheduled::maintain(self.clone(), queue));
+        result
+    }
+
+    /// Number of messages held by the queue layer (scheduled and ready).
+    pub fn message_count(&self) -> usize {
+        let scheduled: usize = self.scheduled.lock().values().map(|q| q.len()).sum();
+        let ready: usize = self.ready.lock().values().map(|q| q.len()).sum();
+        scheduled + ready
+    }
+
+    pub(crate) fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// The manager as the receiving end of [`Reception::accept`].
+pub struct ManagerSink(pub Arc<QueueManager>);
+
+impl QueueSink for ManagerSink {
+    fn enqueue(&self, msg: Message, queue: String) {
+        self.0.with_scheduled(&queue, |q| q.push_now(msg));
+    }
+}

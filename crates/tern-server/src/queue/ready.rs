@@ -1,0 +1,598 @@
+//! Ready queues (§8.4) and their dispatchers (§11).
+//!
+//! A ready queue is keyed by egress path: `source->site@smtp_client`.
+//! Many scheduled queues feed one ready queue when their domains share an
+//! MX set (the MX rollup), so its connection limit and rates apply to the
+//! site as a whole. The queue is bounded by `max_ready`; promotion checks
+//! [`ReadyQueue::is_full`] and re-delays instead of pushing.
+//!
+//! Dispatch is a set of connection tasks: [`ReadyQueue::push`] starts one
+//! while there are more waiting messages than connections and the path's
+//! `connection_limit` and `max_connection_rate` allow it. A connection task
+//! builds the connection plan, connects, and takes messages from the
+//! front of the queue until it reaches `max_deliveries_per_connection` or
+//! the queue stays empty for `idle_timeout`.
+
+use super::disposition::{self, AttemptFacts, Requeue};
+use super::scheduled::internal;
+use super::{QueueManager, policy};
+use parking_lot::Mutex;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tern_delivery::{ClientSettings, DeliveryResponse, SmtpConnection};
+use tern_dns::MailExchanger;
+use tern_log::{RecordType, Response};
+use tern_message::Message;
+use tern_queue::config::{MaildirProtocol, MxListEntry};
+use tern_queue::{EgressPathConfig, EgressSource};
+use tern_smtp::client::Outcome;
+use tern_types::EnvelopeAddress;
+use tokio::sync::Notify;
+
+/// Where a ready queue delivers: the MX answer of its routing domain, or
+/// the queue config's explicit `mx_list`.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Mx(Arc<MailExchanger>),
+    MxList(Vec<MxListEntry>),
+}
+
+struct State {
+    queue: VecDeque<Message>,
+    path: Arc<EgressPathConfig>,
+    path_loaded: Instant,
+    path_epoch: u64,
+    target: Target,
+    /// Connection tasks running.
+    connections: usize,
+    /// Whole-plan connection failures in a row.
+    consecutive_failures: usize,
+    /// A delayed [`ReadyQueue::maybe_spawn`] is already scheduled.
+    respawn_pending: bool,
+}
+
+pub struct ReadyQueue {
+    pub name: String,
+    pub site: String,
+    pub pool: String,
+    pub routing_domain: String,
+    pub source: Arc<EgressSource>,
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+/// The ready queue `name`, created with its `get_egress_path_config`
+/// answer when it does not exist yet.
+pub async fn get_or_create(
+    mgr: &Arc<QueueManager>,
+    name: &str,
+    source: Arc<EgressSource>,
+    pool: &str,
+    site: &str,
+    routing_domain: &str,
+    target: &Target,
+) -> Result<Arc<ReadyQueue>, String> {
+    if let Some(ready) = mgr.ready.lock().get(name) {
+        return Ok(ready.clone());
+    }
+    let path = policy::egress_path(mgr, routing_domain, &source.name, site).await?;
+    let epoch = mgr.engine.epoch().current();
+    let mut map = mgr.ready.lock();
+    let ready = map.entry(name.to_string()).or_insert_with(|| {
+        Arc::new(ReadyQueue {
+            name: name.to_string(),
+            site: site.to_string(),
+            pool: pool.to_string(),
+            routing_domain: routing_domain.to_string(),
+            source,
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                path: Arc::new(path),
+                path_loaded: Instant::now(),
+                path_epoch: epoch,
+                target: target.clone(),
+                connections: 0,
+                consecutive_failures: 0,
+                respawn_pending: false,
+            }),
+            notify: Notify::new(),
+        })
+    });
+    Ok(ready.clone())
+}
+
+impl ReadyQueue {
+    pub fn len(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        let state = self.state.lock();
+        state.queue.len() >= state.path.max_ready
+    }
+
+    pub fn path(&self) -> Arc<EgressPathConfig> {
+        self.state.lock().path.clone()
+    }
+
+    /// `source_selection_rate` (and the additional ones) for this path.
+    pub fn source_selection_allowed(&self, mgr: &QueueManager, now: Instant) -> bool {
+        let path = self.path();
+        if let Some(spec) = &path.source_selection_rate {
+            let key = format!(
+                "kumomta.source_selection_rate.{}.{}",
+                self.name, self.source.name
+            );
+            if mgr.throttles.check(&key, spec, now).is_err() {
+                return false;
+            }
+        }
+        path.additional_source_selection_rates
+            .iter()
+            .all(|(name, spec)| mgr.throttles.check(name, spec, now).is_ok())
+    }
+
+    pub fn push(self: &Arc<Self>, mgr: &Arc<QueueManager>, msg: Message, target: Target) {
+        {
+            let mut state = self.state.lock();
+            state.target = target;
+            state.queue.push_back(msg);
+        }
+        self.notify.notify_one();
+        self.maybe_spawn(mgr);
+    }
+
+    fn pop(&self) -> Option<Message> {
+        self.state.lock().queue.pop_front()
+    }
+
+    /// Start connection tasks while messages outnumber connections and the
+    /// limits allow.
+    fn maybe_spawn(self: &Arc<Self>, mgr: &Arc<QueueManager>) {
+        loop {
+            if mgr.shutting_down() {
+                return;
+            }
+            let path = {
+                let state = self.state.lock();
+                if state.queue.len() <= state.connections {
+                    return;
+                }
+                state.path.clone()
+            };
+            let limits = std::iter::once((self.name.as_str(), &path.connection_limit)).chain(
+                path.additional_connection_limits
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v)),
+            );
+            let Some(leases) = mgr.connections.try_acquire_all(limits) else {
+                // A finishing connection calls maybe_spawn again.
+                return;
+            };
+            if let Some(spec) = &path.max_connection_rate {
+                let key = format!("kumomta.max_connection_rate.{}", self.name);
+                if let Err(wait) = mgr.throttles.check(&key, spec, Instant::now()) {
+                    drop(leases);
+                    self.respawn_later(mgr, wait);
+                    return;
+                }
+            }
+            self.state.lock().connections += 1;
+            tokio::spawn(connection_task(mgr.clone(), self.clone(), leases));
+        }
+    }
+
+    fn respawn_later(self: &Arc<Self>, mgr: &Arc<QueueManager>, wait: Duration) {
+        {
+            let mut state = self.state.lock();
+            if state.respawn_pending {
+                return;
+            }
+            state.respawn_pending = true;
+        }
+        let (mgr, ready) = (mgr.clone(), self.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            ready.state.lock().respawn_pending = false;
+            ready.maybe_spawn(&mgr);
+        });
+    }
+
+    /// Reload the path configuration when its TTL or the epoch says so.
+    async fn refresh_path(&self, mgr: &QueueManager) -> Arc<EgressPathConfig> {
+        let epoch = mgr.engine.epoch().current();
+        let (path, stale) = {
+            let state = self.state.lock();
+            let stale = match state.path.refresh_strategy {
+                tern_queue::config::ConfigRefreshStrategy::Ttl => {
+                    state.path_loaded.elapsed() >= state.path.refresh_interval
+                }
+                tern_queue::config::ConfigRefreshStrategy::Epoch => state.path_epoch != epoch,
+            };
+            (state.path.clone(), stale)
+        };
+        if !stale {
+            return path;
+        }
+        match policy::egress_path(mgr, &self.routing_domain, &self.source.name, &self.site).await {
+            Ok(fresh) => {
+                let fresh = Arc::new(fresh);
+                let mut state = self.state.lock();
+                state.path = fresh.clone();
+                state.path_loaded = Instant::now();
+                state.path_epoch = epoch;
+                fresh
+            }
+            Err(err) => {
+                tracing::error!("{err}; keeping the previous configuration of {}", self.name);
+                self.state.lock().path_loaded = Instant::now();
+                path
+            }
+        }
+    }
+
+    fn facts(&self) -> AttemptFacts {
+        AttemptFacts {
+            egress_pool: self.pool.clone(),
+            egress_source: self.source.name.clone(),
+            delivery_protocol: Some("ESMTP"),
+            ..Default::default()
+        }
+    }
+}
+
+/// The queue name a message's records carry.
+fn queue_of(msg: &Message) -> String {
+    msg.queue_name().unwrap_or_default()
+}
+
+pub fn to_log_response(response: &DeliveryResponse) -> Response {
+    let enhanced = response
+        .enhanced
+        .and_then(|e| tern_log::EnhancedCode::parse(&e.to_string()));
+    let mut out = Response::new(response.code, enhanced, response.content.clone());
+    if let Some(command) = &response.command {
+        out = out.with_command(command.clone());
+    }
+    out
+}
+
+/// One connection's life: plan, connect, deliver until done.
+async fn connection_task(
+    mgr: Arc<QueueManager>,
+    ready: Arc<ReadyQueue>,
+    leases: Vec<tern_queue::Lease>,
+) {
+    let path = ready.refresh_path(&mgr).await;
+    let settings = ClientSettings {
+        path: path.clone(),
+        source: ready.source.clone(),
+        hostname: mgr.hostname.clone(),
+    };
+    while !mgr.shutting_down() && !ready.is_empty() {
+        let target = ready.state.lock().target.clone();
+        let resolver = mgr.dns.current();
+        let plan = match &target {
+            Target::Mx(mx) => tern_delivery::plan_for_mx(mx, &resolver, &path, &ready.source).await,
+            Target::MxList(list) => {
+                tern_delivery::plan_for_mx_list(list, &resolver, &path, &ready.source).await
+            }
+        };
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(err) => {
+                let response = to_log_response(&err.response());
+                let permanent = err.is_permanent();
+                fail_all(&mgr, &ready, response, permanent).await;
+                break;
+            }
+        };
+        match SmtpConnection::connect(&plan, 0, &settings).await {
+            Err(err) => {
+                let response = to_log_response(&err.response());
+                let failures = {
+                    let mut state = ready.state.lock();
+                    state.consecutive_failures += 1;
+                    state.consecutive_failures
+                };
+                if failures >= path.consecutive_connection_failures_before_delay {
+                    ready.state.lock().consecutive_failures = 0;
+                    let response = internal(
+                        451,
+                        "4.4.1",
+                        "bulk delay of ready queue: too many successive connection failures \
+                         where there was no answer from any hosts listed in MX",
+                    );
+                    fail_all(&mgr, &ready, response, false).await;
+                    break;
+                }
+                if let Some(msg) = ready.pop() {
+                    let facts = ready.facts();
+                    let queue = queue_of(&msg);
+                    disposition::transient(&mgr, msg, &queue, &ready.name, response, Some(&facts))
+                        .await;
+                }
+            }
+            Ok((conn, _)) => {
+                ready.state.lock().consecutive_failures = 0;
+                run_session(&mgr, &ready, &path, conn).await;
+            }
+        }
+    }
+    drop(leases);
+    ready.state.lock().connections -= 1;
+    ready.maybe_spawn(&mgr);
+}
+
+/// Fail every message waiting in the ready queue with `response`.
+async fn fail_all(
+    mgr: &Arc<QueueManager>,
+    ready: &ReadyQueue,
+    response: Response,
+    permanent: bool,
+) {
+    let facts = ready.facts();
+    while let Some(msg) = ready.pop() {
+        let queue = queue_of(&msg);
+        if permanent {
+            disposition::bounce(
+                mgr,
+                msg,
+                &queue,
+                &ready.name,
+                response.clone(),
+                Some(&facts),
+            )
+            .await;
+        } else {
+            disposition::transient(
+                mgr,
+                msg,
+                &queue,
+                &ready.name,
+                response.clone(),
+                Some(&facts),
+            )
+            .await;
+        }
+    }
+}
+
+/// Deliver messages over one established connection.
+async fn run_session(
+    mgr: &Arc<QueueManager>,
+    ready: &Arc<ReadyQueue>,
+    path: &EgressPathConfig,
+    mut conn: SmtpConnection,
+) {
+    let session_id = uuid::Uuid::new_v4();
+    let mut facts = ready.facts();
+    facts.peer = Some((conn.peer().name.clone(), conn.peer().addr.ip().to_string()));
+    facts.source_address = conn.source_address().map(|a| a.to_string());
+    facts.tls = conn.tls().map(|tls| {
+        (
+            tls.cipher.clone(),
+            tls.protocol_version.clone(),
+            tls.peer_subject_name.clone(),
+        )
+    });
+    facts.session_id = Some(session_id);
+    let rate_key = format!("kumomta.max_message_rate.{}", ready.name);
+    let mut shutdown = mgr.shutdown.clone();
+
+    while conn.transactions() < path.max_deliveries_per_connection && conn.is_usable() {
+        let msg = match ready.pop() {
+            Some(msg) => msg,
+            None => {
+                tokio::select! {
+                    _ = ready.notify.notified() => {}
+                    _ = tokio::time::sleep(path.idle_timeout) => {}
+                    _ = shutdown.changed() => {}
+                }
+                match ready.pop() {
+                    Some(msg) => msg,
+                    None => break,
+                }
+            }
+        };
+        if let Some(spec) = &path.max_message_rate {
+            wait_for_throttle(mgr, &rate_key, spec).await;
+        }
+        for (name, spec) in &path.additional_message_rate_throttles {
+            wait_for_throttle(mgr, name, spec).await;
+        }
+        deliver_one(mgr, ready, path, &mut conn, msg, &facts).await;
+        if mgr.shutting_down() {
+            break;
+        }
+    }
+    conn.quit().await;
+}
+
+async fn wait_for_throttle(mgr: &QueueManager, key: &str, spec: &tern_types::ThrottleSpec) {
+    while let Err(wait) = mgr.throttles.check(key, spec, Instant::now()) {
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// One message over `conn`, in as many transactions as
+/// `max_recipients_per_batch` needs; then its disposition per recipient.
+async fn deliver_one(
+    mgr: &Arc<QueueManager>,
+    ready: &ReadyQueue,
+    path: &EgressPathConfig,
+    conn: &mut SmtpConnection,
+    msg: Message,
+    facts: &AttemptFacts,
+) {
+    let sender = msg.sender();
+    let mut pending: VecDeque<EnvelopeAddress> = msg.recipients().into();
+    let data = msg.data();
+    let batch_size = path.max_recipients_per_batch.max(1);
+    let mut outcomes: Vec<(EnvelopeAddress, Outcome, DeliveryResponse)> =
+        Vec::with_capacity(pending.len());
+    while !pending.is_empty() {
+        let take = pending.len().min(batch_size);
+        let batch: Vec<EnvelopeAddress> = pending.drain(..take).collect();
+        if !conn.is_usable() {
+            let response = DeliveryResponse::internal(
+                451,
+                None,
+                "KumoMTA internal: the connection was lost before this transaction",
+            );
+            outcomes.extend(
+                batch
+                    .into_iter()
+                    .chain(pending.drain(..))
+                    .map(|r| (r, Outcome::Transient, response.clone())),
+            );
+            break;
+        }
+        match conn.send(&sender, &batch, &data).await {
+            Ok(results) => {
+                let mut retry_now = Vec::new();
+                for (recipient, result) in batch.into_iter().zip(results) {
+                    if result.too_many {
+                        retry_now.push(recipient);
+                    } else {
+                        outcomes.push((recipient, result.outcome, result.response));
+                    }
+                }
+                // "Too many recipients": the rest go in the next transaction
+                // on this connection, without a log record.
+                for recipient in retry_now.into_iter().rev() {
+                    pending.push_front(recipient);
+                }
+            }
+            Err(err) => {
+                let response = err.response();
+                let outcome = if err.is_permanent() {
+                    Outcome::Permanent
+                } else {
+                    Outcome::Transient
+                };
+                outcomes.extend(
+                    batch
+                        .into_iter()
+                        .chain(pending.drain(..))
+                        .map(|r| (r, outcome, response.clone())),
+                );
+            }
+        }
+    }
+    settle(mgr, ready, msg, outcomes, facts).await;
+}
+
+/// Log each recipient's outcome, then remove the message or requeue the
+/// recipients that failed transiently.
+async fn settle(
+    mgr: &Arc<QueueManager>,
+    ready: &ReadyQueue,
+    msg: Message,
+    outcomes: Vec<(EnvelopeAddress, Outcome, DeliveryResponse)>,
+    facts: &AttemptFacts,
+) {
+    let queue = queue_of(&msg);
+    let single = outcomes.len() == 1;
+    let mut transient = Vec::new();
+    let mut first_transient: Option<Response> = None;
+    for (recipient, outcome, response) in outcomes {
+        let kind = match outcome {
+            Outcome::Delivered => RecordType::Delivery,
+            Outcome::Permanent => RecordType::Bounce,
+            Outcome::Transient => RecordType::TransientFailure,
+        };
+        let response = to_log_response(&response);
+        if outcome == Outcome::Transient {
+            first_transient.get_or_insert_with(|| response.clone());
+            transient.push(recipient.clone());
+        }
+        let only: &[EnvelopeAddress] = std::slice::from_ref(&recipient);
+        // One record per recipient when a message had several, each
+        // naming its own recipient.
+        let recipients = (!single).then_some(only);
+        disposition::log_full(
+            mgr,
+            kind,
+            &msg,
+            recipients,
+            &queue,
+            &ready.name,
+            response,
+            Some(facts),
+        )
+        .await;
+    }
+    match first_transient {
+        None => disposition::remove(mgr, &msg).await,
+        Some(response) => {
+            if transient.len() != msg.recipient_count() {
+                msg.set_recipients(transient);
+            }
+            disposition::requeue(
+                mgr,
+                msg,
+                Requeue::after_transient_failure(&response),
+                &queue,
+            )
+            .await;
+        }
+    }
+}
+
+/// Maildir delivery (§22) straight from the scheduled queue.
+pub async fn deliver_maildir(
+    mgr: &Arc<QueueManager>,
+    msg: Message,
+    queue: &str,
+    proto: &MaildirProtocol,
+) {
+    let mut vars = msg.meta();
+    vars.insert("envelope_from".into(), msg.sender().to_string().into());
+    if let Some(first) = msg.first_recipient() {
+        vars.insert("envelope_to".into(), first.to_string().into());
+        vars.insert("user".into(), first.user().to_string().into());
+        vars.insert("domain".into(), first.domain().to_string().into());
+        vars.insert("local_part".into(), first.user().to_string().into());
+    }
+    vars.insert("queue".into(), queue.to_string().into());
+    vars.insert("id".into(), msg.id().to_string().into());
+    let proto = proto.clone();
+    let data = msg.data();
+    let result =
+        tokio::task::spawn_blocking(move || tern_delivery::deliver_maildir(&proto, &vars, &data))
+            .await;
+    let facts = AttemptFacts {
+        delivery_protocol: Some("Maildir"),
+        ..Default::default()
+    };
+    match result {
+        Ok(Ok(path)) => {
+            let response = Response::new(250, None, format!("wrote to maildir {}", path.display()));
+            disposition::log(
+                mgr,
+                RecordType::Delivery,
+                &msg,
+                queue,
+                "",
+                response,
+                Some(&facts),
+            )
+            .await;
+            disposition::remove(mgr, &msg).await;
+        }
+        Ok(Err(err)) => {
+            let response = internal(451, "4.3.0", &format!("KumoMTA internal: maildir: {err}"));
+            disposition::transient(mgr, msg, queue, "", response, Some(&facts)).await;
+        }
+        Err(err) => {
+            let response = internal(451, "4.3.0", &format!("KumoMTA internal: maildir: {err}"));
+            disposition::transient(mgr, msg, queue, "", response, Some(&facts)).await;
+        }
+    }
+}

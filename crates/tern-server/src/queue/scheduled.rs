@@ -1,0 +1,416 @@
+//! Scheduled queues (§5.3, §6, §7): one per `campaign:tenant@domain`,
+//! created on demand, reaped when idle.
+//!
+//! Each queue holds two kinds of entries: messages due now (just received,
+//! still in memory) and messages waiting for a retry, which are only a
+//! [`Waiting`] entry (spool id and attempt counter) in a timer wheel. One
+//! maintainer task per queue promotes due messages towards the ready
+//! queues ([`promote`]), refreshes the queue configuration by TTL or
+//! epoch, and removes the queue once it has been empty for `reap_interval`.
+
+use super::disposition::{self, Requeue};
+use super::ready::{self, Target};
+use super::{QueueManager, policy};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tern_log::Response;
+use tern_message::Message;
+use tern_queue::config::{ConfigRefreshStrategy, DeliveryProtocol};
+use tern_queue::ready_name::{SMTP_CLIENT, mx_list_site_name, ready_queue_name};
+use tern_queue::{QueueConfig, TimerWheel, WeightedRoundRobin};
+use tern_types::{QueueName, SpoolId};
+use tokio::sync::Notify;
+
+/// What a message waiting for a retry costs in memory: its spool id and
+/// attempt counter (the due time lives in the wheel's slot).
+#[derive(Clone, Copy, Debug)]
+pub struct Waiting {
+    pub id: SpoolId,
+    pub attempts: u16,
+}
+
+/// The queue's configuration as last loaded.
+pub struct LoadedConfig {
+    pub config: Arc<QueueConfig>,
+    loaded_at: Instant,
+    epoch: u64,
+}
+
+struct State {
+    due_now: Vec<Message>,
+    wheel: TimerWheel<Waiting>,
+    config: Option<LoadedConfig>,
+    wrr: WeightedRoundRobin,
+    last_active: Instant,
+}
+
+pub struct ScheduledQueue {
+    pub name: String,
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+/// Granularity of the retry timers. A one-second tick keeps the
+/// `retry_interval = "5s"` schedule honest and costs nothing for long
+/// delays (the wheel is hierarchical).
+const TICK: Duration = Duration::from_secs(1);
+/// Messages promoted per maintainer turn before it yields.
+const PROMOTE_BATCH: usize = 1024;
+/// Due messages read back from the spool concurrently.
+const LOAD_CONCURRENCY: usize = 32;
+
+impl ScheduledQueue {
+    pub fn new(name: &str) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.to_string(),
+            state: Mutex::new(State {
+                due_now: Vec::new(),
+                wheel: TimerWheel::with_tick(TICK),
+                config: None,
+                wrr: WeightedRoundRobin::new(),
+                last_active: Instant::now(),
+            }),
+            notify: Notify::new(),
+        })
+    }
+
+    /// A message to promote as soon as possible.
+    pub fn push_now(&self, msg: Message) {
+        let mut state = self.state.lock();
+        state.due_now.push(msg);
+        state.last_active = Instant::now();
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// A message (already in the spool, body dropped) due at `due`.
+    pub fn insert_waiting(&self, due: SystemTime, waiting: Waiting) {
+        let mut state = self.state.lock();
+        state.wheel.insert(due, waiting);
+        state.last_active = Instant::now();
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    pub fn len(&self) -> usize {
+        let state = self.state.lock();
+        state.due_now.len() + state.wheel.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes the timer wheel has allocated (for the memory benchmark).
+    pub fn wheel_bytes(&self) -> usize {
+        self.state.lock().wheel.allocated_bytes()
+    }
+
+    pub fn cached_config(&self) -> Option<Arc<QueueConfig>> {
+        self.state.lock().config.as_ref().map(|c| c.config.clone())
+    }
+
+    fn config_is_stale(&self, epoch: u64) -> bool {
+        let state = self.state.lock();
+        match &state.config {
+            None => true,
+            Some(loaded) => match loaded.config.refresh_strategy {
+                ConfigRefreshStrategy::Ttl => {
+                    loaded.loaded_at.elapsed() >= loaded.config.refresh_interval
+                }
+                ConfigRefreshStrategy::Epoch => loaded.epoch != epoch,
+            },
+        }
+    }
+
+    fn store_config(&self, config: Arc<QueueConfig>, epoch: u64) {
+        self.state.lock().config = Some(LoadedConfig {
+            config,
+            loaded_at: Instant::now(),
+            epoch,
+        });
+    }
+}
+
+/// The configuration of queue `name`: the cached one when fresh, else
+/// loaded through `get_queue_config` (and cached on the queue).
+pub async fn config_for(mgr: &Arc<QueueManager>, name: &str) -> Result<Arc<QueueConfig>, String> {
+    let epoch = mgr.engine.epoch().current();
+    let queue = mgr.scheduled.lock().get(name).cloned();
+    if let Some(queue) = &queue
+        && !queue.config_is_stale(epoch)
+        && let Some(config) = queue.cached_config()
+    {
+        return Ok(config);
+    }
+    let config = Arc::new(policy::queue_config(mgr, name).await?);
+    if let Some(queue) = queue {
+        queue.store_config(config.clone(), epoch);
+    }
+    Ok(config)
+}
+
+/// The maintainer task of one scheduled queue.
+pub async fn maintain(mgr: Arc<QueueManager>, queue: Arc<ScheduledQueue>) {
+    let mut shutdown = mgr.shutdown.clone();
+    let mut batch = Vec::new();
+    let mut waiting = Vec::new();
+    loop {
+        if mgr.shutting_down() {
+            return;
+        }
+        let config = config_for(&mgr, &queue.name).await;
+        {
+            let mut state = queue.state.lock();
+            let take = state.due_now.len().min(PROMOTE_BATCH);
+            batch.extend(state.due_now.drain(..take));
+            state.wheel.pop_due_into(SystemTime::now(), &mut waiting);
+        }
+        if !batch.is_empty() || !waiting.is_empty() {
+            let loaded = load_due(&mgr, &queue.name, std::mem::take(&mut waiting)).await;
+            for msg in batch.drain(..).chain(loaded) {
+                promote(&mgr, &queue, msg, config.as_ref()).await;
+            }
+            tokio::task::yield_now().await;
+            continue;
+        }
+
+        let (deadline, idle_for) = {
+            let state = queue.state.lock();
+            (state.wheel.next_deadline(), state.last_active.elapsed())
+        };
+        let reap_after = config
+            .as_ref()
+            .map(|c| c.reap_interval)
+            .unwrap_or(Duration::from_secs(600));
+        if deadline.is_none() && idle_for >= reap_after && try_reap(&mgr, &queue) {
+            return;
+        }
+        let mut sleep_for = reap_after.saturating_sub(idle_for).max(TICK);
+        if let Some(deadline) = deadline {
+            let until = deadline
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            sleep_for = sleep_for.min(until.max(Duration::from_millis(10)));
+        }
+        if let Ok(config) = &config
+            && config.refresh_strategy == ConfigRefreshStrategy::Ttl
+        {
+            sleep_for = sleep_for.min(config.refresh_interval.max(TICK));
+        }
+        tokio::select! {
+            _ = queue.notify.notified() => {}
+            _ = tokio::time::sleep(sleep_for) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Drop the queue if it is still empty, under the map lock so that no
+/// message can be inserted into a queue that is going away.
+fn try_reap(mgr: &QueueManager, queue: &Arc<ScheduledQueue>) -> bool {
+    let mut map = mgr.scheduled.lock();
+    if !queue.is_empty() {
+        return false;
+    }
+    if map.get(&queue.name).is_some_and(|q| Arc::ptr_eq(q, queue)) {
+        map.remove(&queue.name);
+    }
+    tracing::debug!("reaped idle scheduled queue {}", queue.name);
+    true
+}
+
+/// Read due messages back from the spool (meta and body), a few at a
+/// time. An entry that cannot be read is logged and dropped from the
+/// spool: there is nothing left to deliver.
+async fn load_due(mgr: &Arc<QueueManager>, queue: &str, due: Vec<Waiting>) -> Vec<Message> {
+    if due.is_empty() {
+        return Vec::new();
+    }
+    let reception = &mgr.reception;
+    futures::stream::iter(due)
+        .map(|waiting| async move {
+            let meta = reception.meta.load(waiting.id).await;
+            let data = reception.data.load(waiting.id).await;
+            match (meta, data) {
+                (Ok(meta), Ok(data)) => {
+                    match Message::from_spool(waiting.id, &meta, data.into()) {
+                        Ok(msg) => {
+                            msg.set_num_attempts(waiting.attempts);
+                            Some(msg)
+                        }
+                        Err(err) => {
+                            tracing::error!("queue {queue}: {err}; removing it from the spool");
+                            let _ = reception.meta.remove(waiting.id).await;
+                            let _ = reception.data.remove(waiting.id).await;
+                            None
+                        }
+                    }
+                }
+                (meta, data) => {
+                    let why = meta
+                        .err()
+                        .or(data.err())
+                        .map(|e| e.to_string())
+                        .unwrap_or_default();
+                    tracing::error!(
+                        "queue {queue}: message {} is due but cannot be read from the spool ({why}); \
+                         removing what is left of it",
+                        waiting.id
+                    );
+                    let _ = reception.meta.remove(waiting.id).await;
+                    let _ = reception.data.remove(waiting.id).await;
+                    None
+                }
+            }
+        })
+        .buffer_unordered(LOAD_CONCURRENCY)
+        .filter_map(|m| async move { m })
+        .collect()
+        .await
+}
+
+/// Promotion (§7.1): from the scheduled queue to a ready queue (or, for
+/// Maildir, straight to delivery).
+async fn promote(
+    mgr: &Arc<QueueManager>,
+    queue: &Arc<ScheduledQueue>,
+    msg: Message,
+    config: Result<&Arc<QueueConfig>, &String>,
+) {
+    let config = match config {
+        Ok(config) => config.clone(),
+        Err(err) => {
+            let response = internal(451, "4.4.4", &format!("KumoMTA internal: {err}"));
+            disposition::transient(mgr, msg, &queue.name, "", response, None).await;
+            return;
+        }
+    };
+    let name = QueueName::parse(&queue.name);
+    let routing_domain = msg
+        .get_meta_str("routing_domain")
+        .unwrap_or_else(|| name.routing_domain_or_domain().to_string());
+
+    let smtp = match &config.protocol {
+        DeliveryProtocol::Smtp(smtp) => smtp,
+        DeliveryProtocol::Maildir(maildir) => {
+            ready::deliver_maildir(mgr, msg, &queue.name, maildir).await;
+            return;
+        }
+        other => {
+            let response = internal(
+                451,
+                "4.4.4",
+                &format!(
+                    "KumoMTA internal: delivery protocol {other:?} is not supported by Tern yet"
+                ),
+            );
+            disposition::transient(mgr, msg, &queue.name, "", response, None).await;
+            return;
+        }
+    };
+
+    let (target, site) = if smtp.mx_list.is_empty() {
+        match mgr.dns.current().lookup_mx(&routing_domain).await {
+            Ok(mx) if mx.is_null_mx() => {
+                let response = internal(556, "5.1.10", "Recipient address has a null MX");
+                disposition::bounce(mgr, msg, &queue.name, "", response, None).await;
+                return;
+            }
+            Ok(mx) => {
+                let site = mx.site_name.clone();
+                (Target::Mx(mx), site)
+            }
+            Err(err) => {
+                let response = internal(
+                    451,
+                    "4.4.4",
+                    &format!(
+                        "failed to resolve queue {}: MX lookup for {routing_domain} failed: {err}",
+                        queue.name
+                    ),
+                );
+                disposition::transient(mgr, msg, &queue.name, "", response, None).await;
+                return;
+            }
+        }
+    } else {
+        (
+            Target::MxList(smtp.mx_list.clone()),
+            mx_list_site_name(&smtp.mx_list),
+        )
+    };
+
+    let pool = match policy::egress_pool(mgr, config.egress_pool_name()).await {
+        Ok(pool) => pool,
+        Err(err) => {
+            let response = internal(451, "4.4.4", &format!("KumoMTA internal: {err}"));
+            disposition::transient(mgr, msg, &queue.name, "", response, None).await;
+            return;
+        }
+    };
+    let mut readies = Vec::with_capacity(pool.sources.len());
+    for source in &pool.sources {
+        let name = ready_queue_name(&source.name, &site, SMTP_CLIENT);
+        match ready::get_or_create(
+            mgr,
+            &name,
+            source.clone(),
+            &pool.pool.name,
+            &site,
+            &routing_domain,
+            &target,
+        )
+        .await
+        {
+            Ok(ready) => readies.push(Some(ready)),
+            Err(err) => {
+                tracing::error!("ready queue {name}: {err}");
+                readies.push(None);
+            }
+        }
+    }
+    let now = Instant::now();
+    let mut any_full = false;
+    let chosen = queue.state.lock().wrr.select(
+        &pool.weights,
+        |k| readies[k].is_some(),
+        |k| {
+            let Some(ready) = &readies[k] else {
+                return false;
+            };
+            if ready.is_full() {
+                any_full = true;
+                return false;
+            }
+            ready.source_selection_allowed(mgr, now)
+        },
+    );
+    match chosen {
+        Some(k) => {
+            let ready = readies[k].take().expect("chosen ready queue exists");
+            ready.push(mgr, msg, target);
+        }
+        None if any_full => {
+            disposition::requeue(mgr, msg, Requeue::ready_queue_full(), &queue.name).await;
+        }
+        None => {
+            let response = internal(
+                451,
+                "4.4.4",
+                &format!(
+                    "KumoMTA internal: no sources for {} pool=`{}` are eligible for selection at this time",
+                    queue.name, pool.pool.name
+                ),
+            );
+            disposition::transient(mgr, msg, &queue.name, "", response, None).await;
+        }
+    }
+}
+
+/// A response made up by Tern (no SMTP command behind it).
+pub fn internal(code: u16, enhanced: &str, text: &str) -> Response {
+    Response::new(code, tern_log::EnhancedCode::parse(enhanced), text)
+}
