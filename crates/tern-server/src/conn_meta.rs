@@ -1,5 +1,9 @@
 //! Connection metadata (§3.9): the `conn_meta` object passed to every
 //! `smtp_server_*` event and copied into each message's meta at DATA time.
+//!
+//! Besides the key/value map it remembers what a successful
+//! `smtp_server_auth_plain` returned when that was an AuthInfo table
+//! (extra identities and groups), so `conn_meta:auth_info()` can report it.
 
 use mlua::{UserData, UserDataMethods, Value};
 use parking_lot::Mutex;
@@ -7,16 +11,61 @@ use serde_json::Map;
 use std::sync::Arc;
 use tern_policy::{json_to_lua, lua_to_json};
 
+#[derive(Default)]
+struct Inner {
+    values: Map<String, serde_json::Value>,
+    /// Identities returned by the auth event beyond the AUTH PLAIN pair.
+    extra_identities: Vec<(String, String)>,
+    /// Groups returned by the auth event.
+    groups: Vec<String>,
+}
+
 #[derive(Clone, Default)]
-pub struct ConnectionMeta(Arc<Mutex<Map<String, serde_json::Value>>>);
+pub struct ConnectionMeta(Arc<Mutex<Inner>>);
 
 impl ConnectionMeta {
     pub fn set(&self, key: &str, value: impl Into<serde_json::Value>) {
-        self.0.lock().insert(key.to_string(), value.into());
+        self.0.lock().values.insert(key.to_string(), value.into());
     }
 
     pub fn get(&self, key: &str) -> Option<serde_json::Value> {
-        self.0.lock().get(key).cloned()
+        self.0.lock().values.get(key).cloned()
+    }
+
+    /// Set `key` unless it is already present (the `orig_*` keys keep the
+    /// address of the real TCP connection across several XCLIENTs).
+    pub fn set_if_absent(&self, key: &str, value: impl Into<serde_json::Value>) {
+        self.0
+            .lock()
+            .values
+            .entry(key.to_string())
+            .or_insert_with(|| value.into());
+    }
+
+    /// Record a successful AUTH PLAIN: `authz_id`/`authn_id`, plus what an
+    /// AuthInfo table returned by the event added (`identities` entries of
+    /// `{identity=..., context=...}` and `groups`).
+    pub fn set_authenticated(&self, authz: &str, authc: &str, info: Option<&serde_json::Value>) {
+        let mut inner = self.0.lock();
+        inner.values.insert("authz_id".into(), authz.into());
+        inner.values.insert("authn_id".into(), authc.into());
+        let Some(info) = info else { return };
+        if let Some(list) = info.get("identities").and_then(|v| v.as_array()) {
+            for entry in list {
+                let identity = entry.get("identity").and_then(|v| v.as_str());
+                let context = entry.get("context").and_then(|v| v.as_str());
+                if let (Some(identity), Some(context)) = (identity, context) {
+                    inner
+                        .extra_identities
+                        .push((identity.to_string(), context.to_string()));
+                }
+            }
+        }
+        if let Some(list) = info.get("groups").and_then(|v| v.as_array()) {
+            inner
+                .groups
+                .extend(list.iter().filter_map(|g| g.as_str().map(str::to_string)));
+        }
     }
 
     pub fn get_str(&self, key: &str) -> Option<String> {
@@ -27,13 +76,13 @@ impl ConnectionMeta {
     }
 
     pub fn snapshot(&self) -> Map<String, serde_json::Value> {
-        self.0.lock().clone()
+        self.0.lock().values.clone()
     }
 
     pub fn merge(&self, values: &Map<String, serde_json::Value>) {
-        let mut meta = self.0.lock();
+        let mut inner = self.0.lock();
         for (k, v) in values {
-            meta.insert(k.clone(), v.clone());
+            inner.values.insert(k.clone(), v.clone());
         }
     }
 }
@@ -65,8 +114,18 @@ impl UserData for ConnectionMeta {
                     identities.push(entry)?;
                 }
             }
+            let (extra, groups) = {
+                let inner = this.0.lock();
+                (inner.extra_identities.clone(), inner.groups.clone())
+            };
+            for (identity, context) in extra {
+                let entry = lua.create_table()?;
+                entry.set("identity", identity)?;
+                entry.set("context", context)?;
+                identities.push(entry)?;
+            }
             table.set("identities", identities)?;
-            table.set("groups", lua.create_table()?)?;
+            table.set("groups", lua.create_sequence_from(groups)?)?;
             if let Some(peer) = this.get_str("received_from") {
                 table.set("peer_address", peer)?;
             }

@@ -150,12 +150,20 @@ pub struct ListenerConfig {
 }
 
 fn parse(raw: &Map<String, Value>) -> Result<EsmtpParams, String> {
-    serde_json::from_value(Value::Object(raw.clone())).map_err(|e| {
+    let params: EsmtpParams = serde_json::from_value(Value::Object(raw.clone())).map_err(|e| {
         format!(
             "kumo.start_esmtp_listener: {e}, while processing {}",
             Value::Object(raw.clone())
         )
-    })
+    })?;
+    // Accepted by the schema, but Tern has no deferred-injection queue yet:
+    // refusing is better than silently spooling the message normally.
+    if params.deferred_queue {
+        return Err(
+            "kumo.start_esmtp_listener: deferred_queue is not supported by Tern yet".into(),
+        );
+    }
+    Ok(params)
 }
 
 fn overlay(base: &mut Map<String, Value>, block: &Map<String, Value>) {
@@ -235,5 +243,77 @@ impl ListenerConfig {
             overlay(&mut merged, block);
         }
         parse(&merged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(value: Value) -> Result<ListenerConfig, String> {
+        ListenerConfig::from_json(&value)
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = config(json!({})).unwrap();
+        assert_eq!(c.base.listen, "127.0.0.1:2025");
+        assert_eq!(c.base.max_connections, 32768);
+        assert_eq!(c.base.banner, "KumoMTA");
+        assert!(!c.base.allow_xclient);
+        assert!(!c.base.require_proxy_protocol);
+        assert_eq!(c.base.client_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn peer_block_scopes_xclient_and_proxy_protocol() {
+        let c = config(json!({
+            "peer": { "10.0.0.0/8": { "allow_xclient": true, "require_proxy_protocol": true } },
+            "via": { "192.0.2.1": { "banner": "via" } },
+        }))
+        .unwrap();
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let trusted = c
+            .effective("10.1.2.3".parse().unwrap(), local, None)
+            .unwrap();
+        assert!(trusted.allow_xclient && trusted.require_proxy_protocol);
+        let stranger = c
+            .effective("192.0.2.9".parse().unwrap(), local, None)
+            .unwrap();
+        assert!(!stranger.allow_xclient && !stranger.require_proxy_protocol);
+        let via = c
+            .effective(
+                "192.0.2.9".parse().unwrap(),
+                "192.0.2.1".parse().unwrap(),
+                None,
+            )
+            .unwrap();
+        assert_eq!(via.banner, "via");
+    }
+
+    #[test]
+    fn top_level_only_keys_are_refused_in_blocks() {
+        let err = config(json!({ "peer": { "10.0.0.0/8": { "listen": "0:25" } } })).unwrap_err();
+        assert!(err.contains("`listen` cannot be set inside"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_and_unknown_options_are_refused() {
+        let err = config(json!({ "deferred_queue": true })).unwrap_err();
+        assert!(
+            err.contains("deferred_queue is not supported by Tern yet"),
+            "{err}"
+        );
+        let err =
+            config(json!({ "peer": { "10.0.0.0/8": { "deferred_queue": true } } })).unwrap_err();
+        assert!(err.contains("not supported by Tern yet"), "{err}");
+        // log_oob / log_arf belong to kumo.make_listener_domain, not here.
+        let err = config(json!({ "log_oob": true })).unwrap_err();
+        assert!(err.contains("unknown field `log_oob`"), "{err}");
+        let c = config(json!({})).unwrap();
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let dynamic = json!({ "deferred_queue": true });
+        assert!(c.effective(local, local, dynamic.as_object()).is_err());
     }
 }

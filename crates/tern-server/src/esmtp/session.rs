@@ -1,4 +1,9 @@
-//! One ESMTP session (§3.2–§3.11): the I/O loop around the sans-IO core.
+//! One ESMTP session (§3.2–§3.12): the I/O loop around the sans-IO core.
+//!
+//! Order of a session: pre-banner refusals (shutdown, spool, free space),
+//! the PROXY header where `require_proxy_protocol` is in effect, dynamic
+//! parameters, `smtp_server_connection_accepted`, the banner, then the
+//! command loop (STARTTLS, AUTH PLAIN, XCLIENT and the mail transaction).
 //!
 //! Replies to pipelined commands are collected and written in one go when
 //! no further complete command is buffered. Every reply of 400–599 (except
@@ -70,6 +75,23 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// What `smtp_server_auth_plain` decided.
+enum AuthVerdict {
+    /// `true`, or an AuthInfo table (kept for `conn_meta:auth_info()`).
+    Granted(Option<serde_json::Value>),
+    Denied,
+}
+
+impl AuthVerdict {
+    fn from_bool(ok: bool) -> Self {
+        if ok {
+            Self::Granted(None)
+        } else {
+            Self::Denied
         }
     }
 }
@@ -161,10 +183,8 @@ impl Session {
             };
             return self.final_reply(reply).await;
         }
-        if let Some(reception) = self.state.reception()
-            && reception.data.check_free_space().is_err()
-        {
-            return self.final_reply(Reply::disk_too_full(&self.hostname)).await;
+        if let Some(reply) = self.storage_refusal() {
+            return self.final_reply(reply).await;
         }
         self.rewrite_responses = self
             .state
@@ -173,7 +193,108 @@ impl Session {
             .await
             .unwrap_or(false);
 
+        // §3.2 step 3: the PROXY header comes before anything we send.
+        if self.params.require_proxy_protocol {
+            self.read_proxy_header().await?;
+        }
+
         // Dynamic parameters come before connection_accepted (§3.2 step 4).
+        self.refresh_params().await?;
+
+        let meta = self.meta.clone();
+        if let Err(err) = self
+            .state
+            .engine
+            .dispatch(
+                "smtp_server_connection_accepted",
+                move |lua| (meta,).into_lua_multi(lua),
+                |_, _| Ok(()),
+            )
+            .await
+        {
+            return self.refuse_after_policy_failure(err).await;
+        }
+
+        self.reply(Reply::banner(&self.hostname, &self.params.banner), None)
+            .await;
+        self.flush().await?;
+        self.command_loop().await
+    }
+
+    /// The spool-side reasons to refuse work (§3.2 step 2): free space
+    /// below `min_free_space`/`min_free_inodes` on either spool, or a
+    /// spool latched unhealthy. Checked at connect and again before every
+    /// message is spooled.
+    fn storage_refusal(&self) -> Option<Reply> {
+        let reception = self.state.reception()?;
+        if reception.data.check_free_space().is_err() || reception.meta.check_free_space().is_err()
+        {
+            return Some(Reply::disk_too_full(&self.hostname));
+        }
+        if let Err(reason) = reception.data.health().and(reception.meta.health()) {
+            return Some(Reply::spool_unhealthy(&self.hostname, &reason));
+        }
+        None
+    }
+
+    /// Read the HAProxy PROXY v1/v2 header and take the addresses it
+    /// carries. Any failure (timeout, EOF, malformed header) closes the
+    /// connection without a banner, as KumoMTA does.
+    async fn read_proxy_header(&mut self) -> Step {
+        let deadline = tokio::time::Instant::now() + self.params.client_timeout;
+        loop {
+            match tern_smtp::parse_proxy_header(&self.buf) {
+                Ok(Some((header, used))) => {
+                    let _ = self.buf.split_to(used);
+                    if let tern_smtp::ProxyHeader::Proxied {
+                        source,
+                        destination,
+                    } = header
+                    {
+                        self.change_addresses(source, destination);
+                    }
+                    return Ok(());
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::info!("closing the connection from {}: {err}", self.peer);
+                    return Err(End::Closed);
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < 512 {
+                self.buf.reserve(4096);
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return Err(End::Gone),
+                Err(_) => {
+                    tracing::info!(
+                        "closing the connection from {}: no PROXY header within the client timeout",
+                        self.peer
+                    );
+                    return Err(End::Closed);
+                }
+            }
+        }
+    }
+
+    /// XCLIENT or PROXY replaced the addresses of the connection: keep the
+    /// first originals in `orig_received_*` and publish the new ones.
+    fn change_addresses(&mut self, peer: SocketAddr, local: SocketAddr) {
+        self.meta
+            .set_if_absent("orig_received_from", self.peer.to_string());
+        self.meta
+            .set_if_absent("orig_received_via", self.local.to_string());
+        self.peer = peer;
+        self.local = local;
+        self.meta.set("received_from", peer.to_string());
+        self.meta.set("received_via", local.to_string());
+    }
+
+    /// Compute the effective parameters for the current addresses: the
+    /// `peer`/`via` blocks, then `smtp_server_get_dynamic_parameters`.
+    /// A bad parameter set ends the session with `421 4.3.0`.
+    async fn refresh_params(&mut self) -> Step {
         let listener_addr = self.listener.local_addr.to_string();
         let meta = self.meta.clone();
         let dynamic = self
@@ -188,50 +309,36 @@ impl Session {
                 },
             )
             .await;
-        match dynamic {
-            Ok(Some(Some(serde_json::Value::Object(map)))) => {
-                match self
-                    .listener
-                    .config
-                    .effective(self.peer.ip(), self.local.ip(), Some(&map))
-                {
-                    Ok(params) => self.apply_params(params),
-                    Err(err) => {
-                        tracing::error!("smtp_server_get_dynamic_parameters: {err}");
-                        return self
-                            .final_reply(Reply::technical_difficulties(&self.hostname))
-                            .await;
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(err) => return self.policy_failure(err, None).await,
-        }
-
-        let meta = self.meta.clone();
-        if let Err(err) = self
-            .state
-            .engine
-            .dispatch(
-                "smtp_server_connection_accepted",
-                move |lua| (meta,).into_lua_multi(lua),
-                |_, _| Ok(()),
-            )
-            .await
+        let dynamic = match dynamic {
+            Ok(Some(Some(serde_json::Value::Object(map)))) => Some(map),
+            Ok(_) => None,
+            Err(err) => return self.refuse_after_policy_failure(err).await,
+        };
+        match self
+            .listener
+            .config
+            .effective(self.peer.ip(), self.local.ip(), dynamic.as_ref())
         {
-            return self.policy_failure(err, None).await;
+            Ok(params) => {
+                self.apply_params(params);
+                Ok(())
+            }
+            Err(err) => {
+                tracing::error!("smtp listener parameters for {}: {err}", self.peer);
+                self.final_reply(Reply::technical_difficulties(&self.hostname))
+                    .await
+            }
         }
-
-        self.reply(Reply::banner(&self.hostname, &self.params.banner), None)
-            .await;
-        self.flush().await?;
-        self.command_loop().await
     }
 
     fn apply_params(&mut self, params: EsmtpParams) {
-        if let Some(hostname) = &params.hostname {
-            self.hostname = hostname.clone();
+        let hostname = params
+            .hostname
+            .clone()
+            .unwrap_or_else(|| self.state.hostname.clone());
+        if hostname != self.hostname {
             self.meta.set("hostname", hostname.clone());
+            self.hostname = hostname;
         }
         self.meta.merge(&params.meta);
         self.lines
@@ -409,6 +516,14 @@ impl Session {
         }
     }
 
+    /// A policy failure where the session cannot go on (before the
+    /// banner, or while recomputing parameters): answer it and close.
+    async fn refuse_after_policy_failure(&mut self, err: PolicyError) -> Step {
+        self.policy_failure(err, None).await?;
+        let _ = self.flush().await;
+        Err(End::Closed)
+    }
+
     /// Call a `smtp_server_*` event whose return value is ignored; a
     /// failure has been answered when this returns `Ok(false)`.
     async fn event(
@@ -527,28 +642,11 @@ impl Session {
                 self.close_after_flush = true;
             }
             Command::StartTls => self.handle_starttls().await?,
-            Command::Auth { mechanism, .. } => {
-                let reply = match self.smtp.check_auth(&mechanism) {
-                    Err(reply) => reply,
-                    Ok(()) => Reply::new(
-                        504,
-                        Some(tern_smtp::EnhancedCode::new(5, 5, 4)),
-                        "AUTH PLAIN is not supported by Tern yet",
-                    ),
-                };
-                self.reply(reply, Some(&verb)).await;
-            }
-            Command::XClient(_) => {
-                let reply = match self.smtp.check_xclient(self.params.allow_xclient) {
-                    Err(reply) => reply,
-                    Ok(()) => Reply::new(
-                        502,
-                        Some(tern_smtp::EnhancedCode::new(5, 5, 1)),
-                        "XCLIENT is not supported by Tern yet",
-                    ),
-                };
-                self.reply(reply, Some(&verb)).await;
-            }
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => self.handle_auth(&mechanism, initial_response).await?,
+            Command::XClient(attributes) => self.handle_xclient(&attributes).await?,
             Command::Unimplemented { .. } => self.reply(Reply::unimplemented(), Some(&verb)).await,
         }
         Ok(())
@@ -648,6 +746,134 @@ impl Session {
             }
         }
         Ok(false)
+    }
+
+    /// AUTH PLAIN (§3.11): the ordering checks, the `334` continuation,
+    /// decoding, then `smtp_server_auth_plain`.
+    async fn handle_auth(&mut self, mechanism: &str, initial: Option<String>) -> Step {
+        if let Err(reply) = self.smtp.check_auth(mechanism) {
+            self.reply(reply, Some("AUTH")).await;
+            return Ok(());
+        }
+        let response = match initial {
+            Some(response) => response,
+            None => {
+                self.reply(Reply::auth_continue(), Some("AUTH")).await;
+                self.flush().await?;
+                match self.read_auth_response().await? {
+                    Ok(line) => line,
+                    Err(reply) => {
+                        self.reply(reply, Some("AUTH")).await;
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        let plain = match tern_smtp::decode_auth_plain(&response) {
+            Ok(plain) => plain,
+            Err(reply) => {
+                self.reply(reply, Some("AUTH")).await;
+                return Ok(());
+            }
+        };
+        let meta = self.meta.clone();
+        let (authz, authc, password) = (
+            plain.authz.clone(),
+            plain.authc.clone(),
+            plain.password.clone(),
+        );
+        let verdict = self
+            .state
+            .engine
+            .dispatch(
+                "smtp_server_auth_plain",
+                move |lua| (authz, authc, password, meta).into_lua_multi(lua),
+                |lua, values| match values.into_iter().next() {
+                    Some(Value::Boolean(ok)) => Ok(AuthVerdict::from_bool(ok)),
+                    Some(value @ Value::Table(_)) => {
+                        lua_to_json(lua, value).map(|info| AuthVerdict::Granted(Some(info)))
+                    }
+                    _ => Ok(AuthVerdict::Denied),
+                },
+            )
+            .await;
+        let granted = match verdict {
+            Ok(Some(AuthVerdict::Granted(info))) => info,
+            // No handler, false, nil: refused.
+            Ok(_) => {
+                tracing::debug!(
+                    "AUTH PLAIN for {:?} from {} refused",
+                    plain.authc,
+                    self.peer
+                );
+                self.reply(Reply::auth_invalid(), Some("AUTH")).await;
+                return Ok(());
+            }
+            Err(err) => return self.policy_failure(err, Some("AUTH")).await,
+        };
+        self.meta
+            .set_authenticated(&plain.authz, &plain.authc, granted.as_ref());
+        self.smtp.on_authenticated();
+        self.reply(Reply::auth_ok(), Some("AUTH")).await;
+        Ok(())
+    }
+
+    /// The one line answering `334 ` (at most 16384 bytes). The inner
+    /// `Err` is the reply for a line that is too long.
+    async fn read_auth_response(&mut self) -> Result<Result<String, Reply>, End> {
+        const AUTH_LINE_LIMIT: usize = 16384;
+        self.lines.set_max_line_length(AUTH_LINE_LIMIT);
+        let line = loop {
+            if let Some(line) = self.lines.next_line(&mut self.buf) {
+                break line;
+            }
+            if let Err(end) = self.read_more().await {
+                self.lines
+                    .set_max_line_length(self.params.line_length_hard_limit);
+                return Err(end);
+            }
+        };
+        self.lines
+            .set_max_line_length(self.params.line_length_hard_limit);
+        Ok(match line {
+            // Not base64 if it is not even UTF-8.
+            Ok(line) => match String::from_utf8(line.to_vec()) {
+                Ok(text) => Ok(text),
+                Err(_) => Err(Reply::auth_invalid_base64()),
+            },
+            Err(too_long) => Err(too_long.reply()),
+        })
+    }
+
+    /// XCLIENT (§3.12): only where `allow_xclient` is in effect; new
+    /// addresses, parameters recomputed for them, session restarted with a
+    /// fresh banner.
+    async fn handle_xclient(&mut self, attributes: &[(String, String)]) -> Step {
+        if let Err(reply) = self.smtp.check_xclient(self.params.allow_xclient) {
+            self.reply(reply, Some("XCLIENT")).await;
+            return Ok(());
+        }
+        let update = match tern_smtp::XClientUpdate::parse(attributes) {
+            Ok(update) => update,
+            Err(reply) => {
+                self.reply(reply, Some("XCLIENT")).await;
+                return Ok(());
+            }
+        };
+        self.change_addresses(
+            update.apply_to_peer(self.peer),
+            update.apply_to_local(self.local),
+        );
+        self.smtp.on_xclient();
+        self.sender = None;
+        self.recipients.clear();
+        self.refresh_params().await?;
+        self.reply(
+            Reply::banner(&self.hostname, &self.params.banner),
+            Some("XCLIENT"),
+        )
+        .await;
+        Ok(())
     }
 
     async fn handle_starttls(&mut self) -> Step {
@@ -801,6 +1027,12 @@ impl Session {
             for msg in &accepted {
                 self.supplemental_header(msg);
             }
+        }
+        // The disk may have filled since the connection was accepted:
+        // refuse this message before writing it; earlier ones are safe.
+        if let Some(reply) = self.storage_refusal() {
+            self.reply(reply, Some(".")).await;
+            return Ok(());
         }
         let ids: Vec<String> = accepted.iter().map(|m| m.id().to_string()).collect();
         let ehlo = self.smtp.ehlo_domain().unwrap_or("").to_string();
