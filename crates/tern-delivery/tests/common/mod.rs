@@ -117,8 +117,7 @@ impl FakeServer {
 
     pub async fn transcript(&self, index: usize) -> Transcript {
         let list = self.transcripts.lock().await;
-        let t = list[index].lock().await.clone();
-        t
+        list[index].lock().await.clone()
     }
 
     pub async fn connections(&self) -> usize {
