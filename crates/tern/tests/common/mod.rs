@@ -1,0 +1,127 @@
+//! Shared pieces of the queue and delivery tests: an in-process sink on
+//! its own runtime, reading the log records back with `tern logs`, and
+//! waiting for records to appear.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tern_bench::sink::{Sink, SinkConfig, SinkHandle, SinkStats};
+
+/// A `tern bench sink` running in this test process.
+pub struct TestSink {
+    pub handle: SinkHandle,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl TestSink {
+    pub fn start(config: SinkConfig) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = runtime.block_on(Sink::start(config)).unwrap();
+        Self { handle, runtime }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.handle.local_addr.port()
+    }
+
+    pub fn stats(&self) -> SinkStats {
+        self.handle.stats()
+    }
+}
+
+impl Drop for TestSink {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        let _enter = self.runtime.enter();
+    }
+}
+
+/// Every record under `log_dir`, in time order, via `tern logs`.
+pub fn records(log_dir: &Path) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("logs")
+        .arg(log_dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// Poll the records until `done` says so; panics with the records seen
+/// after `timeout`.
+pub fn wait_for_records(
+    log_dir: &Path,
+    timeout: Duration,
+    mut done: impl FnMut(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = records(log_dir);
+        if done(&seen) {
+            return seen;
+        }
+        if Instant::now() > deadline {
+            let summary: Vec<String> = seen.iter().map(brief).collect();
+            panic!(
+                "timed out after {timeout:?}; records so far:\n{}",
+                summary.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `type recipient code content` for failure messages.
+pub fn brief(record: &Value) -> String {
+    format!(
+        "{} {} {} {}",
+        record["type"].as_str().unwrap_or("?"),
+        record["recipient"],
+        record["response"]["code"],
+        record["response"]["content"].as_str().unwrap_or("")
+    )
+}
+
+pub fn of_type<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    records.iter().filter(|r| r["type"] == kind).collect()
+}
+
+pub fn count(records: &[Value], kind: &str) -> usize {
+    of_type(records, kind).len()
+}
+
+/// Seconds since the epoch of a record's `event_time`, with fractions.
+pub fn event_seconds(record: &Value) -> f64 {
+    let text = record["event_time"].as_str().expect("event_time");
+    let parsed = chrono::DateTime::parse_from_rfc3339(text).expect("RFC 3339 event_time");
+    parsed.timestamp() as f64 + f64::from(parsed.timestamp_subsec_nanos()) / 1e9
+}
+
+/// The start of a policy: spools, a log directory flushed every second,
+/// and an SMTP listener that relays for loopback.
+pub fn policy_head(spool_kind: &str) -> String {
+    format!(
+        r#"local kumo = require 'kumo'
+kumo.on('init', function()
+  kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data', kind = '{spool_kind}' }}
+  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta', kind = '{spool_kind}' }}
+  kumo.configure_local_logs {{ log_dir = '{{dir}}/logs', max_segment_duration = '1s' }}
+  kumo.start_esmtp_listener {{ listen = '127.0.0.1:0', relay_hosts = {{ '127.0.0.1' }} }}
+end)
+"#
+    )
+}
+
+/// A short message body (dot-stuffed, CRLF-terminated).
+pub fn body(subject: &str) -> Vec<u8> {
+    format!("Subject: {subject}\r\nFrom: s@example.com\r\n\r\nhello\r\n").into_bytes()
+}

@@ -1,0 +1,294 @@
+//! The queue layer and SMTP delivery end to end: a real Tern relays to an
+//! in-process sink that answers per recipient local part, and the log
+//! records are read back with `tern logs`.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use tern_bench::sink::SinkConfig;
+use tern_testkit::Builder;
+
+/// Route every queue to the sink through `mx_list` and allow loopback.
+fn relay_policy(sink_port: u16, queue_config: &str, path_config: &str) -> String {
+    format!(
+        r#"{head}
+kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  return kumo.make_queue_config {{
+    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{sink_port}' }} }} }},
+    {queue_config}
+  }}
+end)
+kumo.on('get_egress_path_config', function(domain, source, site)
+  return kumo.make_egress_path {{
+    prohibited_hosts = {{}}, enable_tls = 'OpportunisticInsecure',
+    {path_config}
+  }}
+end)
+"#,
+        head = policy_head("RocksDB")
+    )
+}
+
+fn send(server: &tern_testkit::TernServer, recipients: &[&str]) {
+    let mut smtp = server.smtp().unwrap();
+    smtp.read_reply().unwrap();
+    smtp.command("EHLO test").unwrap();
+    for rcpt in recipients {
+        let (code, text) = smtp
+            .send_message("s@example.com", rcpt, &body("test"))
+            .unwrap();
+        assert_eq!(code, 250, "{text}");
+    }
+    smtp.command("QUIT").unwrap();
+}
+
+#[test]
+fn delivery_bounce_and_retry_schedule_until_expiry() {
+    let sink = TestSink::start(SinkConfig::default());
+    let policy = relay_policy(sink.port(), "retry_interval = '5s', max_age = '40s'", "");
+    let server = Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
+    send(
+        &server,
+        &[
+            "ok@example.com",
+            "tempfail@example.com",
+            "permfail@example.com",
+        ],
+    );
+    let logs = server.dir().join("logs");
+    let seen = wait_for_records(&logs, Duration::from_secs(60), |r| {
+        count(r, "Expiration") == 1
+    });
+
+    let delivered = of_type(&seen, "Delivery");
+    assert_eq!(delivered.len(), 1, "{seen:#?}");
+    assert_eq!(delivered[0]["recipient"], "ok@example.com");
+    assert_eq!(delivered[0]["response"]["code"], 250);
+    assert_eq!(delivered[0]["response"]["command"], ".\r\n");
+    assert_eq!(delivered[0]["egress_source"], "unspecified");
+    assert_eq!(delivered[0]["egress_pool"], "unspecified");
+    assert_eq!(delivered[0]["peer_address"]["addr"], "127.0.0.1");
+    assert!(delivered[0]["tls_cipher"].is_string(), "{:?}", delivered[0]);
+    assert_eq!(
+        delivered[0]["site"],
+        format!(
+            "unspecified->mx_list:[127.0.0.1]:{}@smtp_client",
+            sink.port()
+        )
+    );
+
+    let bounced = of_type(&seen, "Bounce");
+    assert_eq!(bounced.len(), 1);
+    assert_eq!(bounced[0]["recipient"], "permfail@example.com");
+    assert_eq!(bounced[0]["response"]["code"], 550);
+    assert_eq!(
+        bounced[0]["response"]["command"],
+        "RCPT TO:<permfail@example.com>\r\n"
+    );
+
+    // 4xx: attempts at ~0, then >=5 s, >=10 s, >=20 s later (within +50 %),
+    // then the next delay (40 s) would pass max_age: Expiration.
+    let failures = of_type(&seen, "TransientFailure");
+    assert_eq!(failures.len(), 4, "{seen:#?}");
+    let received = event_seconds(of_type(&seen, "Reception")[0]);
+    let times: Vec<f64> = failures.iter().map(|r| event_seconds(r)).collect();
+    assert!(
+        times[0] - received < 3.0,
+        "first attempt at once: {times:?}"
+    );
+    for (i, expected) in [5.0, 10.0, 20.0].iter().enumerate() {
+        let gap = times[i + 1] - times[i];
+        // The jitter is +-R/40 (0.125 s for R = 5 s).
+        assert!(
+            gap >= expected - 0.2 && gap <= expected * 1.5,
+            "gap {i} is {gap:.2}s, expected {expected}s: {times:?}"
+        );
+    }
+    for (n, record) in failures.iter().enumerate() {
+        assert_eq!(record["num_attempts"], n as u64, "{record}");
+        assert_eq!(record["recipient"], "tempfail@example.com");
+    }
+    let expired = of_type(&seen, "Expiration")[0];
+    assert_eq!(expired["response"]["code"], 551);
+    assert!(
+        expired["response"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds max_age=40s"),
+        "{expired}"
+    );
+    // Finished messages leave the spool.
+    drop(server.stop());
+}
+
+#[test]
+fn null_mx_bounces_and_nxdomain_is_transient() {
+    let sink = TestSink::start(SinkConfig::default());
+    let policy = format!(
+        r#"{head}
+kumo.on('pre_init', function()
+  kumo.dns.configure_test_resolver {{
+    [[
+$ORIGIN nullmx.test.
+@ 300 MX 0 .
+]],
+    [[
+$ORIGIN routed.test.
+@ 300 MX 10 mx1.routed.test.
+@ 300 MX 20 mx2.routed.test.
+mx1 300 A 127.0.0.1
+mx2 300 A 127.0.0.1
+]],
+  }}
+end)
+kumo.on('get_queue_config', function()
+  return kumo.make_queue_config {{ retry_interval = '1h' }}
+end)
+kumo.on('get_egress_path_config', function(domain, source, site)
+  return kumo.make_egress_path {{ prohibited_hosts = {{}}, smtp_port = {port}, enable_tls = 'Disabled' }}
+end)
+"#,
+        head = policy_head("LocalDisk"),
+        port = sink.port()
+    );
+    let server = Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
+    send(
+        &server,
+        &["a@nullmx.test", "b@nowhere.test", "c@routed.test"],
+    );
+    let logs = server.dir().join("logs");
+    let seen = wait_for_records(&logs, Duration::from_secs(30), |r| {
+        count(r, "Bounce") + count(r, "TransientFailure") + count(r, "Delivery") >= 3
+    });
+    let bounce = of_type(&seen, "Bounce")[0];
+    assert_eq!(bounce["recipient"], "a@nullmx.test");
+    assert_eq!(bounce["response"]["code"], 556);
+    assert_eq!(
+        bounce["response"]["content"],
+        "Recipient address has a null MX"
+    );
+    assert_eq!(
+        bounce["response"]["enhanced_code"]["subject"], 1,
+        "{bounce}"
+    );
+    let transient = of_type(&seen, "TransientFailure")[0];
+    assert_eq!(transient["recipient"], "b@nowhere.test");
+    assert_eq!(transient["response"]["code"], 451);
+    assert!(
+        transient["response"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("NXDOMAIN"),
+        "{transient}"
+    );
+    let delivery = of_type(&seen, "Delivery")[0];
+    assert_eq!(delivery["recipient"], "c@routed.test");
+    // Two MX hosts in different preferences: the §9.3 site name.
+    assert_eq!(
+        delivery["site"],
+        "unspecified->(mx1|mx2).routed.test@smtp_client"
+    );
+    assert_eq!(delivery["tls_cipher"], serde_json::Value::Null);
+}
+
+#[test]
+fn weighted_pool_shares_follow_weights() {
+    let sink = TestSink::start(SinkConfig::default());
+    let policy = format!(
+        r#"{head}
+kumo.on('get_egress_source', function(name)
+  return kumo.make_egress_source {{ name = name }}
+end)
+kumo.on('get_egress_pool', function(name)
+  return kumo.make_egress_pool {{
+    name = name,
+    entries = {{ {{ name = 'light', weight = 1 }}, {{ name = 'heavy', weight = 3 }} }},
+  }}
+end)
+kumo.on('get_queue_config', function()
+  return kumo.make_queue_config {{
+    egress_pool = 'pool',
+    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{port}' }} }} }},
+  }}
+end)
+kumo.on('get_egress_path_config', function(domain, source, site)
+  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled' }}
+end)
+"#,
+        head = policy_head("RocksDB"),
+        port = sink.port()
+    );
+    let server = Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
+    const N: usize = 4000;
+    let recipients: Vec<String> = (0..N).map(|i| format!("r{i}@example.com")).collect();
+    let refs: Vec<&str> = recipients.iter().map(String::as_str).collect();
+    send(&server, &refs);
+    let logs = server.dir().join("logs");
+    let seen = wait_for_records(&logs, Duration::from_secs(120), |r| {
+        count(r, "Delivery") >= N
+    });
+    let delivered = of_type(&seen, "Delivery");
+    let light = delivered
+        .iter()
+        .filter(|r| r["egress_source"] == "light")
+        .count();
+    let heavy = delivered
+        .iter()
+        .filter(|r| r["egress_source"] == "heavy")
+        .count();
+    assert_eq!(light + heavy, N);
+    let share = light as f64 / N as f64;
+    assert!(
+        (share - 0.25).abs() <= 0.0125,
+        "light got {light}, heavy {heavy}"
+    );
+    assert!(delivered.iter().all(|r| r["egress_pool"] == "pool"));
+    assert_eq!(sink.stats().messages, N as u64);
+}
+
+#[test]
+fn shaping_message_rate_connection_limit_and_deliveries_per_connection() {
+    // 10/s: 100 messages take at least ~9 s after the first burst of 10.
+    let sink = TestSink::start(SinkConfig::default());
+    let policy = relay_policy(
+        sink.port(),
+        "",
+        "max_message_rate = '10/s', connection_limit = 2, max_deliveries_per_connection = 10",
+    );
+    let server = Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
+    let recipients: Vec<String> = (0..100).map(|i| format!("r{i}@example.com")).collect();
+    let refs: Vec<&str> = recipients.iter().map(String::as_str).collect();
+    send(&server, &refs);
+    let logs = server.dir().join("logs");
+    let seen = wait_for_records(&logs, Duration::from_secs(60), |r| {
+        count(r, "Delivery") >= 100
+    });
+    let times: Vec<f64> = of_type(&seen, "Delivery")
+        .iter()
+        .map(|r| event_seconds(r))
+        .collect();
+    let first = times.iter().cloned().fold(f64::MAX, f64::min);
+    let last = times.iter().cloned().fold(f64::MIN, f64::max);
+    assert!(last - first >= 8.5, "100 messages in {:.2}s", last - first);
+    let stats = sink.stats();
+    assert!(
+        stats.max_concurrent_connections <= 2,
+        "{} concurrent connections",
+        stats.max_concurrent_connections
+    );
+    assert!(stats.connections >= 10, "{} connections", stats.connections);
+    assert_eq!(stats.messages, 100);
+}
