@@ -434,3 +434,69 @@ async fn first_host_refuses_second_succeeds() {
     assert_eq!(err.response().code, 400);
     handle.shutdown();
 }
+
+#[tokio::test]
+async fn auth_over_unverified_tls_needs_permission() {
+    let handle = sink(SinkConfig::default()).await;
+    let plan = plan_to(&[handle.local_addr]);
+    let mut path = test_path(Tls::OpportunisticInsecure);
+    path.smtp_auth_plain_username = Some("user".into());
+    path.smtp_auth_plain_password = Some(tern_types::KeySource::Data {
+        key_data: "pw".into(),
+    });
+    let err = SmtpConnection::connect(&plan, 0, &settings(path.clone()))
+        .await
+        .unwrap_err();
+    let last = err.last().unwrap();
+    assert_eq!(last.stage, ConnectStage::Auth);
+    assert!(last.reply.is_none(), "refused before sending anything");
+    assert!(
+        last.detail
+            .contains("allow_smtp_auth_plain_without_valid_certificate"),
+        "{}",
+        last.detail
+    );
+
+    // Allowed: the credentials go out over TLS; this sink does not do
+    // AUTH, so its refusal is what fails the host.
+    path.allow_smtp_auth_plain_without_valid_certificate = true;
+    let err = SmtpConnection::connect(&plan, 0, &settings(path))
+        .await
+        .unwrap_err();
+    let last = err.last().unwrap();
+    assert_eq!(last.stage, ConnectStage::Auth);
+    assert_eq!(last.reply.as_ref().unwrap().code, 502);
+    handle.shutdown();
+}
+
+#[tokio::test]
+async fn source_address_is_bound() {
+    let handle = sink(SinkConfig::default()).await;
+    let plan = plan_to(&[handle.local_addr]);
+    let mut settings = settings(test_path(Tls::Disabled));
+    let mut source = (*settings.source).clone();
+    source.source_address = Some("127.0.0.1".parse().unwrap());
+    settings.source = std::sync::Arc::new(source.clone());
+    let (conn, _) = SmtpConnection::connect(&plan, 0, &settings).await.unwrap();
+    assert_eq!(
+        conn.source_address().unwrap().ip(),
+        "127.0.0.1".parse::<std::net::IpAddr>().unwrap()
+    );
+    conn.quit().await;
+
+    // An address this machine does not have fails the host at bind time.
+    source.source_address = Some("192.0.2.77".parse().unwrap());
+    settings.source = std::sync::Arc::new(source);
+    let err = SmtpConnection::connect(&plan, 0, &settings)
+        .await
+        .unwrap_err();
+    let last = err.last().unwrap();
+    assert_eq!(last.stage, ConnectStage::Bind);
+    assert!(
+        last.detail
+            .starts_with("bind 192.0.2.77 for source test-source failed"),
+        "{}",
+        last.detail
+    );
+    handle.shutdown();
+}
