@@ -1,23 +1,68 @@
 #!/usr/bin/env bash
 # Reception throughput: messages accepted per second over N connections
 # with 3 KB messages, into the `null` queue and into each durable spool
-# kind, with Tern's CPU seconds per 1,000 messages and peak RSS.
-# Usage: bash bench/reception.sh [messages] [connections]
+# kind, with Tern's CPU seconds per 1,000 messages and peak RSS; then the
+# same generator against a throwaway Postfix instance (relaying to
+# smtp-sink on loopback) for comparison. Each case is run RUNS times and
+# the median rate is reported.
+#
+# Usage: bash bench/reception.sh [messages] [connections] [runs]
+# Environment: CARGO_TARGET_DIR (where the release build goes),
+#              SKIP_POSTFIX=1 to measure Tern only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh >/dev/null
 MESSAGES="${1:-20000}"
 CONNECTIONS="${2:-50}"
+RUNS="${3:-3}"
 cargo build --release -p tern >/dev/null 2>&1 || cargo build --release -p tern
-TERN=./target/release/tern
+TERN="${CARGO_TARGET_DIR:-./target}/release/tern"
 WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+# Postfix runs as its own user and must be able to reach its queue.
+chmod 755 "$WORK"
+POSTFIX_CONF=""
+cleanup() {
+  if [ -n "$POSTFIX_CONF" ]; then postfix -c "$POSTFIX_CONF" stop >/dev/null 2>&1 || true; fi
+  kill $(jobs -p) 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
 
-run_case() {
+# A TCP port nobody listens on right now (bound then released).
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# The median of the numbers on stdin.
+median() {
+  sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# Run the generator once against 127.0.0.1:$1; print messages/s.
+send_once() {
+  local port="$1" out="$2"
+  "$TERN" bench send --quiet --json -c "$CONNECTIONS" -n "$MESSAGES" -s 3k "127.0.0.1:$port" > "$out"
+  python3 - "$out" "$MESSAGES" <<'PY'
+import json, sys
+summary = json.load(open(sys.argv[1]))
+if summary["accepted"] == 0:
+    sys.exit("no message was accepted: " + json.dumps(summary))
+if summary["accepted"] != summary["attempted"]:
+    print(f'warning: {summary["attempted"] - summary["accepted"]} of {summary["attempted"]} '
+          f'not accepted: {summary["codes"]} {summary["errors"]}', file=sys.stderr)
+print(f'{summary["messages_per_sec"]:.0f}')
+PY
+}
+
+declare -A RATE
+
+run_tern_case() {
   local label="$1" kind="$2" queue="$3"
-  local dir="$WORK/$label"
-  mkdir -p "$dir"
-  cat > "$dir/init.lua" <<LUA
+  local rates=() run
+  for run in $(seq 1 "$RUNS"); do
+    local dir="$WORK/tern-$kind-$queue-$run"
+    mkdir -p "$dir"
+    cat > "$dir/init.lua" <<LUA
 local kumo = require 'kumo'
 kumo.on('init', function()
   kumo.define_spool { name = 'data', path = '$dir/spool/data', kind = '$kind' }
@@ -28,28 +73,134 @@ kumo.on('smtp_server_message_received', function(msg)
   if '$queue' ~= '' then msg:set_meta('queue', '$queue') end
 end)
 LUA
-  KUMO_NODE_ID_PATH="$dir/.nodeid" NO_COLOR=1 "$TERN" serve --policy "$dir/init.lua" --user "$(id -un)" \
-    > "$dir/out.log" 2>&1 &
-  local pid=$!
-  for _ in $(seq 1 200); do grep -q "initialization complete" "$dir/out.log" && break; sleep 0.05; done
-  local port
-  port=$(grep -o "smtp listener on [0-9.:]*" "$dir/out.log" | sed 's/.*://')
-  "$TERN" bench send --quiet --json -c "$CONNECTIONS" -n "$MESSAGES" -s 3k "127.0.0.1:$port" > "$dir/send.json"
-  python3 - "$label" "$pid" "$dir/send.json" "$MESSAGES" <<'PY'
-import json, os, sys
-label, pid, path, messages = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-summary = json.load(open(path))
+    KUMO_NODE_ID_PATH="$dir/.nodeid" NO_COLOR=1 "$TERN" serve --policy "$dir/init.lua" --user "$(id -un)" \
+      > "$dir/out.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 1 200); do grep -q "initialization complete" "$dir/out.log" && break; sleep 0.05; done
+    local port
+    port=$(grep -o "smtp listener on [0-9.:]*" "$dir/out.log" | sed 's/.*://')
+    rates+=("$(send_once "$port" "$dir/send.json")")
+    # CPU and peak RSS of the last run are printed (they vary little).
+    if [ "$run" = "$RUNS" ]; then
+      python3 - "$pid" "$MESSAGES" > "$dir/resources" <<'PY'
+import os, sys
+pid, messages = sys.argv[1], int(sys.argv[2])
 stat = open(f"/proc/{pid}/stat").read().split(")")[1].split()
-ticks = os.sysconf("SC_CLK_TCK")
-cpu = (int(stat[11]) + int(stat[12])) / ticks
+cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 rss = next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM"))
-rate = summary["messages_per_sec"]
-print(f"{label:<22} {rate:>10.0f} msg/s  {cpu * 1000 / messages:>6.3f} CPU s/1000 msg  peak RSS {rss / 1024:>6.1f} MiB")
+print(f"{cpu * 1000 / messages:>6.3f} CPU s/1000 msg  peak RSS {rss / 1024:>6.1f} MiB")
 PY
-  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+      local resources
+      resources=$(cat "$dir/resources")
+    fi
+    kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+    rm -rf "$dir/spool"
+  done
+  RATE[$label]=$(printf '%s\n' "${rates[@]}" | median)
+  printf '%-22s %10.0f msg/s  (runs: %s)  %s\n' "$label" "${RATE[$label]}" "${rates[*]}" "$resources"
 }
 
-echo "Tern reception: $MESSAGES messages of 3 KB over $CONNECTIONS connections"
-run_case "null queue" LocalDisk null
-run_case "LocalDisk (durable)" LocalDisk ""
-run_case "RocksDB (durable)" RocksDB ""
+# A throwaway Postfix: its own config and queue directories under $WORK,
+# smtpd on an unprivileged loopback port, everything relayed to smtp-sink.
+# Needs root (Postfix drops to the `postfix` user itself).
+setup_postfix() {
+  local pf="$WORK/postfix"
+  mkdir -p "$pf/conf" "$pf/queue" "$pf/data"
+  chown postfix "$pf/data"
+  SINK_PORT=$(free_port)
+  POSTFIX_PORT=$(free_port)
+  # -u: smtp-sink refuses to keep root privileges; -c: count sessions.
+  smtp-sink -u postfix -c "127.0.0.1:$SINK_PORT" 1024 > "$pf/sink.log" 2>&1 &
+  sed "s/^smtp      inet.*/127.0.0.1:$POSTFIX_PORT inet n - n - - smtpd/" \
+    /etc/postfix/master.cf > "$pf/conf/master.cf"
+  cat > "$pf/conf/main.cf" <<CF
+compatibility_level = 3.6
+queue_directory = $pf/queue
+data_directory = $pf/data
+meta_directory = /etc/postfix
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+mail_owner = postfix
+setgid_group = postdrop
+maillog_file = $pf/maillog
+maillog_file_prefixes = $pf
+myhostname = bench.postfix.test
+mydestination =
+alias_maps =
+alias_database =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+relayhost = [127.0.0.1]:$SINK_PORT
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+# Enough smtpd processes for every generator connection, no per-client
+# caps, no reverse lookups of the loopback client.
+default_process_limit = 200
+smtpd_client_connection_count_limit = 0
+smtpd_peername_lookup = no
+# Measure reception capacity: do not slow smtpd down when arrivals
+# outpace deliveries (Postfix's default is a 1 s pause per message).
+in_flow_delay = 0s
+biff = no
+CF
+  POSTFIX_CONF="$pf/conf"
+  postfix -c "$POSTFIX_CONF" start >/dev/null 2>&1 || {
+    echo "Postfix did not start; its log says:" >&2
+    cat "$pf/maillog" >&2 || true
+    return 1
+  }
+  for _ in $(seq 1 100); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $POSTFIX_PORT), 1)" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "Postfix did not open 127.0.0.1:$POSTFIX_PORT" >&2
+  return 1
+}
+
+# Wait until Postfix has relayed everything, so runs start alike.
+wait_postfix_queue_empty() {
+  for _ in $(seq 1 600); do
+    postqueue -c "$POSTFIX_CONF" -p 2>/dev/null | grep -q "Mail queue is empty" && return 0
+    sleep 0.5
+  done
+  echo "warning: the Postfix queue did not drain within 5 minutes" >&2
+}
+
+run_postfix_case() {
+  local label="Postfix 3 (durable)" rates=() run
+  if ! command -v postfix >/dev/null || ! command -v smtp-sink >/dev/null; then
+    echo "Postfix: not installed (apt-get install postfix), skipped"
+    return
+  fi
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "Postfix: needs root to start a private instance, skipped"
+    return
+  fi
+  setup_postfix || { echo "Postfix: could not start, skipped"; return; }
+  for run in $(seq 1 "$RUNS"); do
+    wait_postfix_queue_empty
+    rates+=("$(send_once "$POSTFIX_PORT" "$WORK/postfix/send-$run.json")")
+  done
+  RATE[$label]=$(printf '%s\n' "${rates[@]}" | median)
+  local version
+  version=$(postconf -c "$POSTFIX_CONF" -h mail_version)
+  printf '%-22s %10.0f msg/s  (runs: %s)  Postfix %s, relays to smtp-sink\n' \
+    "$label" "${RATE[$label]}" "${rates[*]}" "$version"
+}
+
+echo "Reception: $MESSAGES messages of 3 KB over $CONNECTIONS connections, median of $RUNS runs"
+run_tern_case "Tern null queue" LocalDisk null
+run_tern_case "Tern LocalDisk" LocalDisk ""
+run_tern_case "Tern RocksDB" RocksDB ""
+if [ "${SKIP_POSTFIX:-0}" != 1 ]; then
+  run_postfix_case
+  pf="${RATE[Postfix 3 (durable)]:-}"
+  if [ -n "$pf" ] && [ "$pf" != 0 ]; then
+    for label in "Tern LocalDisk" "Tern RocksDB"; do
+      awk -v t="${RATE[$label]}" -v p="$pf" -v l="$label" \
+        'BEGIN { printf "%-22s %5.2fx Postfix\n", l, t / p }'
+    done
+  fi
+fi

@@ -1,6 +1,7 @@
-//! AUTH PLAIN, XCLIENT, the inbound PROXY protocol and the per-message
-//! free-space check of the ESMTP listener, against the real server with
-//! real clients (Python's smtplib, swaks, raw sockets).
+//! AUTH PLAIN, XCLIENT, the inbound PROXY protocol, the per-message
+//! relay re-check and the per-message free-space check of the ESMTP
+//! listener, against the real server with real clients (Python's smtplib,
+//! swaks, raw sockets).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -627,4 +628,87 @@ end)
     let rt = tokio::runtime::Runtime::new().unwrap();
     let bytes = rt.block_on(data.load(id)).unwrap();
     assert!(String::from_utf8_lossy(&bytes).contains("Subject: one"));
+}
+
+#[test]
+fn relaying_is_decided_again_for_each_message() {
+    let policy = r#"local kumo = require 'kumo'
+kumo.on('init', function()
+  kumo.define_spool { name = 'data', path = '{dir}/spool/data' }
+  kumo.define_spool { name = 'meta', path = '{dir}/spool/meta' }
+  kumo.configure_local_logs { log_dir = '{dir}/logs' }
+  kumo.start_esmtp_listener { listen = '127.0.0.1:0', hostname = 'mx.test', relay_hosts = {} }
+end)
+kumo.on('get_listener_domain', function(domain, listener, conn_meta)
+  if domain == 'open.example' then
+    return kumo.make_listener_domain { relay_to = true }
+  end
+  if domain == 'reports.example' then
+    return kumo.make_listener_domain { log_arf = 'LogThenDrop' }
+  end
+  if domain == 'later.example' then
+    kumo.reject(450, '4.1.0 ask again later')
+  end
+end)
+"#;
+    let server = start(policy.to_string());
+    let mut smtp = server.smtp().unwrap();
+    smtp.read_reply().unwrap();
+    smtp.command("EHLO c.test").unwrap();
+    let body = b"Subject: not a report\r\n\r\nx\r\n";
+    // Accepted at RCPT (reports are logged for that domain), but an
+    // ordinary message is not relayed: 550 after the data.
+    let (code, text) = smtp
+        .send_message("a@sender.example", "abuse@reports.example", body)
+        .unwrap();
+    assert_eq!(
+        (code, text.as_str()),
+        (550, "550 5.7.1 relaying not permitted\r\n")
+    );
+    // A transaction mixing both: only the relayable message is kept.
+    assert_eq!(smtp.command("MAIL FROM:<a@sender.example>").unwrap().0, 250);
+    assert_eq!(
+        smtp.command("RCPT TO:<abuse@reports.example>").unwrap().0,
+        250
+    );
+    assert_eq!(smtp.command("RCPT TO:<b@open.example>").unwrap().0, 250);
+    assert_eq!(smtp.command("DATA").unwrap().0, 354);
+    smtp.send_raw(body).unwrap();
+    let (code, text) = smtp.command(".").unwrap();
+    assert_eq!(code, 250, "{text}");
+    let ids: Vec<&str> = text
+        .trim()
+        .trim_start_matches("250 OK ids=")
+        .split(' ')
+        .collect();
+    assert_eq!(ids.len(), 1, "{text}");
+    // A rejection from get_listener_domain is the one and only reply.
+    assert_eq!(smtp.command("MAIL FROM:<a@sender.example>").unwrap().0, 250);
+    let (code, text) = smtp.command("RCPT TO:<x@later.example>").unwrap();
+    assert_eq!(
+        (code, text.as_str()),
+        (450, "450 4.1.0 ask again later\r\n")
+    );
+    assert_eq!(smtp.command("NOOP").unwrap().0, 250);
+    let dir = server.stop();
+    let records = read_records(dir.path());
+    let receptions: Vec<_> = records
+        .iter()
+        .filter(|r| r["type"] == "Reception")
+        .collect();
+    // A Reception record for every message, relayed or not.
+    assert_eq!(receptions.len(), 3, "{receptions:?}");
+    assert!(receptions.iter().any(|r| r["id"] == ids[0]));
+    let config = tern_spool::SpoolConfig::new(
+        "data",
+        dir.path().join("spool/data"),
+        tern_spool::SpoolKind::LocalDisk,
+    );
+    let data = tern_spool::Spool::open(&config).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for record in &receptions {
+        let id: tern_types::SpoolId = record["id"].as_str().unwrap().parse().unwrap();
+        let stored = rt.block_on(data.load(id)).is_ok();
+        assert_eq!(stored, record["id"] == ids[0], "{record}");
+    }
 }

@@ -96,6 +96,15 @@ impl AuthVerdict {
     }
 }
 
+/// Which listener-domain rules make a recipient acceptable.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Relay {
+    /// RCPT time: relaying, or a domain whose ARF/OOB reports are logged.
+    OrReports,
+    /// End of DATA: relaying only (§3.7 step 6).
+    Only,
+}
+
 /// Why the session loop stopped.
 enum End {
     /// The client went away or an I/O error happened.
@@ -657,7 +666,14 @@ impl Session {
             self.reply(reply, Some(verb)).await;
             return Ok(());
         }
-        if !self.relay_allowed(&address).await? {
+        let sender_domain = self.sender.as_ref().map(|s| s.domain().to_string());
+        let Some(allowed) = self
+            .relay_allowed(sender_domain, &address, Relay::OrReports, verb)
+            .await?
+        else {
+            return Ok(());
+        };
+        if !allowed {
             let reply = Reply::relaying_not_permitted_for(&self.peer.to_string());
             self.reply(reply, Some(verb)).await;
             return Ok(());
@@ -690,17 +706,21 @@ impl Session {
     }
 
     /// §3.6: relay_hosts, or the listener-domain rules of the sender's or
-    /// the recipient's domain.
-    async fn relay_allowed(&mut self, recipient: &EnvelopeAddress) -> Result<bool, End> {
+    /// the recipient's domain. With [`Relay::OrReports`] (RCPT time) a
+    /// recipient domain that logs ARF/OOB reports is also acceptable.
+    /// `Ok(None)`: the policy failed and that has been answered.
+    async fn relay_allowed(
+        &mut self,
+        sender_domain: Option<String>,
+        recipient: &EnvelopeAddress,
+        mode: Relay,
+        command: &str,
+    ) -> Result<Option<bool>, End> {
         if self.params.relay_hosts.contains(self.peer.ip()) {
-            return Ok(true);
+            return Ok(Some(true));
         }
         let listener = self.listener.local_addr.to_string();
-        let sender_domain = self
-            .sender
-            .as_ref()
-            .map(|s| s.domain().to_string())
-            .unwrap_or_default();
+        let sender_domain = sender_domain.unwrap_or_default();
         for (domain, is_sender) in [
             (sender_domain, true),
             (recipient.domain().to_string(), false),
@@ -726,8 +746,8 @@ impl Session {
                 Ok(Some(Some(json))) => json,
                 Ok(_) => continue,
                 Err(err) => {
-                    self.policy_failure(err, Some("RCPT TO")).await?;
-                    return Ok(false);
+                    self.policy_failure(err, Some(command)).await?;
+                    return Ok(None);
                 }
             };
             let rules: crate::listener_domain::ListenerDomain = match serde_json::from_value(rules)
@@ -739,13 +759,15 @@ impl Session {
                 }
             };
             if is_sender && rules.relay_from.contains(self.peer.ip()) {
-                return Ok(true);
+                return Ok(Some(true));
             }
-            if !is_sender && (rules.relay_to || rules.accepts_reports()) {
-                return Ok(true);
+            if !is_sender
+                && (rules.relay_to || (mode == Relay::OrReports && rules.accepts_reports()))
+            {
+                return Ok(Some(true));
             }
         }
-        Ok(false)
+        Ok(Some(false))
     }
 
     /// AUTH PLAIN (§3.11): the ordering checks, the `334` continuation,
@@ -1028,6 +1050,49 @@ impl Session {
                 self.supplemental_header(msg);
             }
         }
+        // §3.7 step 6: relaying is decided again per message, with its
+        // own sender and first recipient (the policy may have changed
+        // them). A message that will not be relayed is logged but not
+        // spooled. Tern cannot parse ARF/OOB reports yet, so a message
+        // accepted at RCPT only because its domain logs reports ends here.
+        let (accepted, refused) = if self.params.relay_hosts.contains(self.peer.ip()) {
+            // The common case for an injector: no per-message work.
+            (accepted, Vec::new())
+        } else {
+            let mut relayed = Vec::with_capacity(accepted.len());
+            let mut refused = Vec::new();
+            for msg in accepted {
+                let Some(first) = msg.recipients().into_iter().next() else {
+                    continue;
+                };
+                let sender = msg.sender();
+                let sender_domain = (!sender.is_null()).then(|| sender.domain().to_string());
+                match self
+                    .relay_allowed(sender_domain, &first, Relay::Only, ".")
+                    .await?
+                {
+                    Some(true) => relayed.push(msg),
+                    Some(false) => refused.push(msg),
+                    None => return Ok(()),
+                }
+            }
+            (relayed, refused)
+        };
+        if !refused.is_empty() {
+            let ehlo = self.smtp.ehlo_domain().unwrap_or("").to_string();
+            let peer_ip = self.peer.ip().to_string();
+            for msg in &refused {
+                let queue = msg.queue_name().unwrap_or_default();
+                reception
+                    .log_reception(msg, &queue, Some((&ehlo, &peer_ip)))
+                    .await;
+            }
+            if accepted.is_empty() {
+                self.reply(Reply::relaying_not_permitted(), Some(".")).await;
+                return Ok(());
+            }
+        }
+
         // The disk may have filled since the connection was accepted:
         // refuse this message before writing it; earlier ones are safe.
         if let Some(reply) = self.storage_refusal() {
