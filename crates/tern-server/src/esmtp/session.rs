@@ -903,6 +903,18 @@ impl Session {
             self.reply(reply, Some("STARTTLS")).await;
             return Ok(());
         }
+        let acceptor = match self.listener.tls.acceptor(&self.params) {
+            Ok(acceptor) => acceptor,
+            Err(err) => {
+                tracing::error!("STARTTLS for {}: {err}", self.peer);
+                self.reply(
+                    Reply::technical_difficulties(&self.hostname),
+                    Some("STARTTLS"),
+                )
+                .await;
+                return Ok(());
+            }
+        };
         self.reply(Reply::starttls_ready(), Some("STARTTLS")).await;
         self.flush().await?;
         // Anything pipelined after STARTTLS was sent in clear text and must
@@ -912,7 +924,7 @@ impl Session {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Closed) else {
             return Err(End::Gone);
         };
-        let accept = self.listener.tls.acceptor().accept(tcp);
+        let accept = acceptor.accept(tcp);
         let tls = match tokio::time::timeout(self.params.client_timeout, accept).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(err)) => {
