@@ -183,6 +183,15 @@ impl<'r> Generator<'r> {
     /// The message for one recipient (CRLF line endings), or why it could
     /// not be generated.
     pub fn generate(&self, recipient: &Recipient) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(self.size_hint);
+        self.generate_into(&mut out, recipient)?;
+        Ok(out)
+    }
+
+    /// As [`Generator::generate`], appending to `out`, which may already
+    /// hold trace header lines to put in front of the message. On error
+    /// `out` holds a partial message and must be discarded.
+    pub fn generate_into(&self, out: &mut Vec<u8>, recipient: &Recipient) -> Result<(), String> {
         let to_header = mailbox_text(recipient.name.as_deref(), &recipient.email);
         let builtins = match &recipient.name {
             Some(name) => minijinja::context! {
@@ -209,17 +218,19 @@ impl<'r> Generator<'r> {
             date: &self.date,
             hostname: &self.hostname,
         };
-        let mut out = Vec::with_capacity(self.size_hint);
+        out.reserve(self.size_hint);
         match &self.compiled {
             Compiled::Rfc822(id) => {
                 let text = self.templates.render(*id, &ctx)?;
-                rebuild_message(&mut out, text.as_bytes(), &standard)?;
+                rebuild_message(out, text.as_bytes(), &standard)
             }
-            Compiled::Builder(b) => {
-                self.build(&mut out, b, recipient, &ctx, &standard)?;
-            }
+            Compiled::Builder(b) => self.build(out, b, recipient, &ctx, &standard),
         }
-        Ok(out)
+    }
+
+    /// A capacity that fits most generated messages of this request.
+    pub fn size_hint(&self) -> usize {
+        self.size_hint
     }
 
     fn build(

@@ -1,0 +1,282 @@
+//! The OpenAPI 3 description of the HTTP API, served at
+//! `/api-docs/openapi.json` and printed by `tern serve
+//! --dump-openapi-spec`. Written by hand so that it says exactly what the
+//! routes in this module accept and answer.
+
+use serde_json::{Value, json};
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {
+            "application/json": { "schema": { "$ref": "#/components/schemas/Error" } }
+        }
+    })
+}
+
+fn text_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "text/plain": { "schema": { "type": "string" } } }
+    })
+}
+
+fn schemas() -> Value {
+    json!({
+        "InjectV1Request": {
+            "type": "object",
+            "required": ["envelope_sender", "recipients", "content"],
+            "properties": {
+                "envelope_sender": {
+                    "type": "string",
+                    "description": "The envelope sender (MAIL FROM) of every generated message, user@domain.",
+                    "example": "noreply@example.com"
+                },
+                "recipients": {
+                    "type": "array",
+                    "minItems": 1,
+                    "description": "One message is generated per recipient.",
+                    "items": { "$ref": "#/components/schemas/Recipient" }
+                },
+                "content": { "$ref": "#/components/schemas/Content" },
+                "substitutions": {
+                    "type": "object",
+                    "additionalProperties": true,
+                    "description": "Template variables shared by all recipients (any JSON values)."
+                },
+                "template_dialect": {
+                    "type": "string",
+                    "enum": ["Jinja", "Static", "Handlebars"],
+                    "default": "Jinja",
+                    "description": "Jinja (MiniJinja) expands templates; Static uses the content verbatim. Handlebars is refused by Tern (422)."
+                },
+                "deferred_generation": {
+                    "type": "boolean",
+                    "default": false,
+                    "description": "Queue the request and expand it later. Refused by Tern (422): not supported yet."
+                },
+                "deferred_spool": {
+                    "type": "boolean",
+                    "default": false,
+                    "description": "Queue the generated messages without writing them to the spool first."
+                },
+                "trace_headers": { "$ref": "#/components/schemas/TraceHeaders" }
+            }
+        },
+        "Recipient": {
+            "type": "object",
+            "required": ["email"],
+            "properties": {
+                "email": { "type": "string", "example": "recipient@example.com" },
+                "name": { "type": "string", "description": "Display name; template variable `name`." },
+                "substitutions": {
+                    "type": "object",
+                    "additionalProperties": true,
+                    "description": "Per-recipient template variables; they override the global ones."
+                },
+                "metadata": {
+                    "type": "object",
+                    "additionalProperties": true,
+                    "description": "Stored on the message as meta `extra` when non-empty."
+                }
+            }
+        },
+        "Content": {
+            "description": "A complete RFC 5322 message (expanded as one template, then re-encoded), or a builder object.",
+            "oneOf": [
+                { "type": "string", "example": "Subject: hello\n\nHello {{ name }}" },
+                { "$ref": "#/components/schemas/BuilderContent" }
+            ]
+        },
+        "BuilderContent": {
+            "type": "object",
+            "additionalProperties": false,
+            "description": "At least one of text_body and html_body is required.",
+            "properties": {
+                "text_body": { "type": "string", "description": "text/plain part (template)." },
+                "html_body": { "type": "string", "description": "text/html part (template)." },
+                "amp_html_body": { "type": "string", "description": "text/x-amp-html part (template)." },
+                "attachments": {
+                    "type": "array",
+                    "items": { "$ref": "#/components/schemas/Attachment" }
+                },
+                "headers": {
+                    "type": "object",
+                    "additionalProperties": { "type": "string" },
+                    "description": "Extra header fields; each value is a template."
+                },
+                "from": { "$ref": "#/components/schemas/Address" },
+                "reply_to": { "$ref": "#/components/schemas/Address" },
+                "subject": { "type": "string", "description": "Subject (template)." }
+            }
+        },
+        "Address": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["email"],
+            "properties": {
+                "email": { "type": "string" },
+                "name": { "type": "string" }
+            }
+        },
+        "Attachment": {
+            "type": "object",
+            "additionalProperties": false,
+            "required": ["data", "content_type"],
+            "properties": {
+                "data": { "type": "string", "description": "UTF-8 text, or base64 when `base64` is true. Not templated." },
+                "content_type": { "type": "string", "example": "image/gif" },
+                "base64": { "type": "boolean", "default": false },
+                "file_name": { "type": "string" },
+                "content_id": { "type": "string", "description": "Makes the attachment inline, in a multipart/related with the body." }
+            }
+        },
+        "TraceHeaders": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "received_header": { "type": "boolean", "default": false },
+                "supplemental_header": { "type": "boolean", "default": true },
+                "header_name": { "type": "string", "default": "X-KumoRef" },
+                "include_meta_names": { "type": "array", "items": { "type": "string" }, "default": [] }
+            }
+        },
+        "InjectV1Response": {
+            "type": "object",
+            "required": ["success_count", "fail_count", "failed_recipients", "errors"],
+            "properties": {
+                "success_count": { "type": "integer", "minimum": 0 },
+                "fail_count": { "type": "integer", "minimum": 0 },
+                "failed_recipients": { "type": "array", "items": { "type": "string" } },
+                "errors": {
+                    "type": "array",
+                    "items": { "type": "string" },
+                    "description": "One `<email>: <reason>` entry per failed recipient."
+                }
+            }
+        },
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": { "error": { "type": "string" } }
+        }
+    })
+}
+
+/// The OpenAPI description of the HTTP API, as JSON text.
+pub fn openapi_spec() -> String {
+    let spec = json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Tern HTTP API",
+            "description": "Message injection and health checks of the Tern MTA (KumoMTA-compatible).",
+            "version": env!("CARGO_PKG_VERSION")
+        },
+        "paths": {
+            "/api/inject/v1": {
+                "post": {
+                    "operationId": "inject_v1",
+                    "summary": "Generate and queue one message per recipient.",
+                    "description": "Allowed for trusted hosts and for any authenticated identity (HTTP Basic or Bearer, validated by the policy). Answers 200 even when some or all recipients failed: see fail_count and errors.",
+                    "security": [ {}, { "basic": [] }, { "bearer": [] } ],
+                    "requestBody": {
+                        "required": true,
+                        "description": "May be sent with Content-Encoding gzip or deflate; the size limit applies to the decompressed body.",
+                        "content": {
+                            "application/json": {
+                                "schema": { "$ref": "#/components/schemas/InjectV1Request" }
+                            }
+                        }
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "The request was processed; per-recipient outcomes in the body.",
+                            "content": {
+                                "application/json": {
+                                    "schema": { "$ref": "#/components/schemas/InjectV1Response" }
+                                }
+                            }
+                        },
+                        "400": error_response("Malformed JSON, an empty recipient list, or an undecodable compressed body (a malformed Authorization header answers 400 in text/plain)."),
+                        "401": text_response("Authentication failed, or the peer is neither trusted nor authenticated."),
+                        "413": text_response("The (decompressed) body is larger than request_body_limit."),
+                        "415": error_response("Content-Type is not application/json, or the Content-Encoding is unsupported."),
+                        "422": error_response("A field has the wrong type, a template does not compile, a builder field is invalid, or a feature is not supported by Tern yet."),
+                        "500": error_response("The envelope sender is invalid, or an internal error."),
+                        "503": error_response("Not accepting messages now: shutting down, waiting for spool startup, disk is too full, or a spool write failed.")
+                    }
+                }
+            },
+            "/api/check-liveness/v1": {
+                "get": {
+                    "operationId": "check_liveness_v1",
+                    "summary": "Whether the server accepts messages now.",
+                    "security": [ {} ],
+                    "responses": {
+                        "200": text_response("Ready."),
+                        "503": text_response("Not ready; the body says why (shutting down, waiting for spool startup, disk is too full).")
+                    }
+                }
+            },
+            "/api-docs/openapi.json": {
+                "get": {
+                    "operationId": "openapi_json",
+                    "summary": "This document.",
+                    "security": [ {} ],
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI description.",
+                            "content": { "application/json": { "schema": { "type": "object" } } }
+                        }
+                    }
+                }
+            }
+        },
+        "components": {
+            "securitySchemes": {
+                "basic": { "type": "http", "scheme": "basic" },
+                "bearer": { "type": "http", "scheme": "bearer" }
+            },
+            "schemas": schemas()
+        }
+    });
+    serde_json::to_string_pretty(&spec).expect("the spec serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `$ref` points at a defined schema.
+    #[test]
+    fn references_resolve() {
+        let spec: Value = serde_json::from_str(&openapi_spec()).unwrap();
+        let schemas = spec["components"]["schemas"].as_object().unwrap();
+        let text = openapi_spec();
+        for piece in text.split("\"$ref\": \"#/components/schemas/").skip(1) {
+            let name = piece.split('"').next().unwrap();
+            assert!(schemas.contains_key(name), "missing schema {name}");
+        }
+        assert_eq!(spec["openapi"], "3.0.3");
+        assert!(spec["paths"]["/api/inject/v1"]["post"]["responses"]["413"].is_object());
+    }
+
+    /// The documented request fields are the ones the request type reads.
+    #[test]
+    fn request_fields_match_the_type() {
+        let spec: Value = serde_json::from_str(&openapi_spec()).unwrap();
+        let props = spec["components"]["schemas"]["InjectV1Request"]["properties"]
+            .as_object()
+            .unwrap();
+        let request: tern_inject::InjectRequest = serde_json::from_value(json!({
+            "envelope_sender": "a@example.com",
+            "recipients": [{"email": "b@example.com"}],
+            "content": "x"
+        }))
+        .unwrap();
+        let round = serde_json::to_value(&request).unwrap();
+        for key in round.as_object().unwrap().keys() {
+            assert!(props.contains_key(key), "undocumented field {key}");
+        }
+    }
+}
