@@ -55,12 +55,19 @@ pub enum Part<'a> {
 }
 
 impl Part<'_> {
-    /// Append the part: MIME headers, blank line, body.
-    pub fn write(&self, out: &mut Vec<u8>, boundaries: &Boundaries) {
+    /// Append the part: MIME headers, blank line, body (ending with
+    /// CRLF). Returns true when the content itself ended with a line
+    /// break, which then needs one more CRLF before a following boundary
+    /// delimiter (the CRLF in front of a delimiter belongs to it).
+    pub fn write(&self, out: &mut Vec<u8>, boundaries: &Boundaries) -> bool {
         match self {
-            Part::Encoded(bytes) => out.extend_from_slice(bytes),
+            Part::Encoded(bytes) => {
+                out.extend_from_slice(bytes);
+                false
+            }
             Part::Text { content_type, body } => {
                 write_text_part(out, content_type, body.as_bytes());
+                body.ends_with('\n')
             }
             Part::Multipart { subtype, children } => {
                 let boundary = boundaries.next();
@@ -73,11 +80,14 @@ impl Part<'_> {
                     out.extend_from_slice(b"--");
                     out.extend_from_slice(boundary.as_bytes());
                     out.extend_from_slice(b"\r\n");
-                    child.write(out, boundaries);
+                    if child.write(out, boundaries) {
+                        out.extend_from_slice(b"\r\n");
+                    }
                 }
                 out.extend_from_slice(b"--");
                 out.extend_from_slice(boundary.as_bytes());
                 out.extend_from_slice(b"--\r\n");
+                false
             }
         }
     }
@@ -150,6 +160,11 @@ pub fn encode_attachment(
     }
     out.extend_from_slice(b"\r\n");
     write_body(&mut out, data, encoding);
+    // Attachments always sit inside a multipart: keep a final line break
+    // of text data apart from the CRLF that belongs to the next delimiter.
+    if encoding != TransferEncoding::Base64 && data.ends_with(b"\n") {
+        out.extend_from_slice(b"\r\n");
+    }
     Ok(out)
 }
 
@@ -312,6 +327,7 @@ pub fn rebuild_message(
     rebuild_entity(out, &headers, body, 0, |out| {
         standard.write_missing(out, mime_version, date, message_id)
     })
+    .map(|_| ())
 }
 
 const MAX_DEPTH: usize = 32;
@@ -322,7 +338,7 @@ fn rebuild_entity(
     body: &[u8],
     depth: usize,
     extra_headers: impl FnOnce(&mut Vec<u8>),
-) -> Result<(), String> {
+) -> Result<bool, String> {
     if depth > MAX_DEPTH {
         return Err("MIME parts are nested too deeply".into());
     }
@@ -356,7 +372,7 @@ fn rebuild_entity(
         }
         extra_headers(out);
         out.extend_from_slice(b"\r\n");
-        return rebuild_multipart(out, body, &boundary, depth);
+        return rebuild_multipart(out, body, &boundary, depth).map(|_| false);
     }
 
     let already_encoded = matches!(cte.as_deref(), Some("base64" | "quoted-printable"));
@@ -398,13 +414,15 @@ fn rebuild_entity(
         out.extend_from_slice(encoding.as_str().as_bytes());
         out.extend_from_slice(b"\r\n\r\n");
         write_body(out, body, encoding);
+        // Base64 carries a final line break inside the encoding.
+        Ok(encoding == TransferEncoding::QuotedPrintable && body.ends_with(b"\n"))
     } else {
         out.extend_from_slice(b"\r\n");
         if !body.is_empty() {
             write_crlf_normalised(out, body);
         }
+        Ok(!already_encoded && (body.ends_with(b"\n") || body.ends_with(b"\r")))
     }
-    Ok(())
 }
 
 /// Rebuild a multipart body: preamble, each part (recursively), epilogue.
@@ -468,7 +486,9 @@ fn rebuild_multipart(
         out.extend_from_slice(delimiter.as_bytes());
         out.extend_from_slice(b"\r\n");
         let (headers, part_body) = parse_headers(&body[s..e])?;
-        rebuild_entity(out, &headers, part_body, depth + 1, |_| {})?;
+        if rebuild_entity(out, &headers, part_body, depth + 1, |_| {})? {
+            out.extend_from_slice(b"\r\n");
+        }
     }
     out.extend_from_slice(delimiter.as_bytes());
     out.extend_from_slice(b"--\r\n");
@@ -550,6 +570,27 @@ mod tests {
         );
         assert!(out.starts_with("Content-Type: multipart/alternative"));
         assert!(out.contains("Mime-Version: 1.0\r\n"));
+    }
+
+    #[test]
+    fn trailing_newlines_of_parts_survive() {
+        let input =
+            "Content-Type: multipart/mixed; boundary=\"B\"\n\n--B\n\nkeep\n\n--B\n\nnone\n--B--\n";
+        let out = rebuild(input);
+        assert!(out.contains("\r\n\r\nkeep\r\n\r\n--B\r\n"), "{out}");
+        assert!(out.contains("\r\n\r\nnone\r\n--B--\r\n"), "{out}");
+        let boundaries = Boundaries::new();
+        let tree = Part::Multipart {
+            subtype: "alternative",
+            children: vec![Part::Text {
+                content_type: "text/plain",
+                body: "line\n".into(),
+            }],
+        };
+        let mut out = Vec::new();
+        tree.write(&mut out, &boundaries);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("\r\n\r\nline\r\n\r\n--=_tern_"), "{text}");
     }
 
     #[test]
