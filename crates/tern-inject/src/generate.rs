@@ -134,11 +134,9 @@ pub struct Generator<'r> {
 
 impl<'r> Generator<'r> {
     /// Validate and compile `request`. `hostname` is used on the right of
-    /// generated Message-IDs.
+    /// generated Message-IDs. `deferred_generation` is the caller's
+    /// business: this always expands.
     pub fn new(request: &'r InjectRequest, hostname: &str) -> Result<Self, RequestError> {
-        if request.deferred_generation {
-            return Err(RequestError::Unsupported("deferred_generation".into()));
-        }
         let mut templates = Templates::new(request.template_dialect)?;
         let (compiled, size_hint) = match &request.content {
             Content::Rfc822(text) => {
@@ -468,7 +466,7 @@ mod tests {
     }
 
     #[test]
-    fn handlebars_and_deferred_generation_are_refused() {
+    fn handlebars_is_refused() {
         let req = request(serde_json::json!({
             "envelope_sender": "s@example.com", "template_dialect": "Handlebars",
             "content": "Subject: x\n\ny", "recipients": [{"email": "r@example.com"}]
@@ -478,12 +476,6 @@ mod tests {
             err,
             "template_dialect 'Handlebars' is not supported by Tern yet"
         );
-        let req = request(serde_json::json!({
-            "envelope_sender": "s@example.com", "deferred_generation": true,
-            "content": "Subject: x\n\ny", "recipients": [{"email": "r@example.com"}]
-        }));
-        let err = Generator::new(&req, "h").err().unwrap().to_string();
-        assert_eq!(err, "deferred_generation is not supported by Tern yet");
     }
 
     #[test]

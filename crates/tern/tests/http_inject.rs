@@ -461,9 +461,9 @@ fn bad_requests_get_clear_errors() {
             "Handlebars' is not supported by Tern yet",
         ),
         (
-            format!("{{{sender}, {ok_content}, {rcpt}, \"deferred_generation\": true}}"),
+            format!("{{{sender}, \"content\": \"{{{{ x\", {rcpt}, \"deferred_generation\": true}}"),
             422,
-            "deferred_generation is not supported by Tern yet",
+            "failed parsing field content as template",
         ),
     ];
     for (body, status, needle) in cases {
@@ -490,6 +490,36 @@ fn bad_requests_get_clear_errors() {
     .unwrap();
     assert_eq!(got, 415, "{text}");
     assert!(spooled_messages(server.dir()).is_empty());
+}
+
+#[test]
+fn deferred_generation_queues_the_request_itself() {
+    let server = start("");
+    let request = json!({
+        "envelope_sender": "bounces@example.com",
+        "deferred_generation": true,
+        "content": "Subject: later {{ name }}\n\nbody\n",
+        "recipients": [{"email": "a@example.com"}, {"email": "b@example.com"}]
+    });
+    let (status, body) = inject(server.listener("http"), &request.to_string(), &[]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json_body(&body),
+        json!({"success_count": 0, "fail_count": 0, "failed_recipients": [], "errors": []})
+    );
+    let spooled = spooled_messages(server.dir());
+    assert_eq!(spooled.len(), 1);
+    let stored: Value = serde_json::from_slice(&std::fs::read(&spooled[0]).unwrap()).unwrap();
+    assert_eq!(stored, request);
+    let dir = server.stop();
+    let records = read_records(dir.path());
+    let reception = records
+        .iter()
+        .find(|r| r["type"] == "Reception")
+        .expect("a Reception record");
+    assert_eq!(reception["queue"], "generator.kumomta.internal");
+    assert_eq!(reception["recipient"], "");
+    assert_eq!(reception["meta"]["http_auth"], "127.0.0.1");
 }
 
 fn curl(args: &[&str]) -> (u16, String) {

@@ -32,10 +32,13 @@ pub struct Identity {
 }
 
 /// Who is making a request, as passed to policy events as `auth_info`.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct AuthInfo {
+    #[serde(default)]
     pub peer_address: Option<String>,
+    #[serde(default)]
     pub identities: Vec<Identity>,
+    #[serde(default)]
     pub groups: Vec<String>,
     /// The Basic user name, if one was proven (for `http_auth` meta).
     #[serde(skip)]

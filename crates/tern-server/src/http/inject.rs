@@ -12,6 +12,7 @@ use super::HttpListener;
 use super::auth::{self, AuthInfo};
 use super::body::{compressed_response, read_body};
 use crate::reception::{AcceptError, Arrival, Reception};
+use crate::state::ServerState;
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -40,6 +41,45 @@ pub fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
         .into_response()
 }
 
+/// Where a request came from: what the generated messages' meta and
+/// trace headers say, and the `auth_info` passed to the policy.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    pub peer_ip: String,
+    pub via_ip: String,
+    pub hostname: String,
+    pub http_auth: String,
+    pub auth_info: AuthInfo,
+}
+
+impl Origin {
+    fn base_meta(&self) -> Map<String, Value> {
+        let mut meta = Map::new();
+        meta.insert("http_auth".into(), self.http_auth.clone().into());
+        meta.insert("reception_protocol".into(), "HTTP".into());
+        meta.insert("received_from".into(), self.peer_ip.clone().into());
+        meta.insert("received_via".into(), self.via_ip.clone().into());
+        meta.insert("hostname".into(), self.hostname.clone().into());
+        meta
+    }
+
+    /// Recover the origin stored on a deferred generation request.
+    fn from_meta(msg: &Message) -> Self {
+        let text = |key: &str| msg.get_meta_str(key).unwrap_or_default();
+        let auth_info = msg
+            .get_meta("auth_info")
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        Self {
+            peer_ip: text("received_from"),
+            via_ip: text("received_via"),
+            hostname: text("hostname"),
+            http_auth: text("http_auth"),
+            auth_info,
+        }
+    }
+}
+
 /// What the blocking generation step needs to know about the request's
 /// context.
 struct Context {
@@ -56,6 +96,36 @@ struct Prepared {
     email: String,
     outcome: Result<(SpoolId, EnvelopeAddress, Vec<u8>), String>,
 }
+
+/// Why a request could not be expanded and queued as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ExpandError {
+    /// Invalid content or templates (HTTP 422).
+    #[error("{0}")]
+    Request(#[from] RequestError),
+    /// The envelope sender is not an address (HTTP 500, as KumoMTA).
+    #[error("Error: envelope_sender: {0}")]
+    Sender(String),
+    /// The spool refused the batch; nothing was kept (HTTP 503).
+    #[error("spool write failed: {0}")]
+    Spool(String),
+    /// The policy could not be loaded, or another internal failure.
+    #[error("Error: {0}")]
+    Internal(String),
+}
+
+impl ExpandError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ExpandError::Request(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ExpandError::Sender(_) | ExpandError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ExpandError::Spool(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// The name of the internal queue that holds deferred generation requests.
+pub const GENERATOR_QUEUE: &str = "generator.kumomta.internal";
 
 pub async fn inject(
     State(listener): State<Arc<HttpListener>>,
@@ -106,45 +176,119 @@ pub async fn inject(
             );
         }
     };
-    drop(bytes);
     if request.recipients.is_empty() {
         return json_error(
             StatusCode::BAD_REQUEST,
             "recipients: at least one recipient is required",
         );
     }
-    let sender = match EnvelopeAddress::parse(&request.envelope_sender) {
-        Ok(sender) => sender,
-        Err(err) => {
-            return json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("Error: envelope_sender: {err}"),
-            );
-        }
-    };
-
-    let has_handler = match state.engine.has_handler(GENERATED_EVENT).await {
-        Ok(found) => found,
-        Err(err) => {
-            tracing::error!("cannot load the policy: {err}");
-            return json_error(StatusCode::INTERNAL_SERVER_ERROR, format!("Error: {err}"));
-        }
-    };
-    let peer_ip = peer.0.ip().to_canonical().to_string();
-    let mut base_meta = Map::new();
-    base_meta.insert("http_auth".into(), auth_info.summary_for_meta().into());
-    base_meta.insert("reception_protocol".into(), "HTTP".into());
-    base_meta.insert("received_from".into(), peer_ip.clone().into());
-    base_meta.insert(
-        "received_via".into(),
-        listener.local.ip().to_canonical().to_string().into(),
-    );
-    base_meta.insert("hostname".into(), listener.hostname.clone().into());
-    let context = Context {
+    let origin = Origin {
+        peer_ip: peer.0.ip().to_canonical().to_string(),
+        via_ip: listener.local.ip().to_canonical().to_string(),
         hostname: listener.hostname.clone(),
-        peer_ip: peer_ip.clone(),
+        http_auth: auth_info.summary_for_meta(),
+        auth_info,
+    };
+    let result = if request.deferred_generation {
+        queue_deferred(&reception, &origin, request, bytes).await
+    } else {
+        drop(bytes);
+        expand_and_accept(state, &reception, &origin, request).await
+    };
+    match result {
+        Ok(response) => {
+            let body = serde_json::to_vec(&response).expect("response serializes");
+            compressed_response(&headers, StatusCode::OK, "application/json", body)
+        }
+        Err(err) => {
+            if !matches!(err, ExpandError::Request(_)) {
+                tracing::error!("http injection from {}: {err}", origin.peer_ip);
+            }
+            json_error(err.status(), err.to_string())
+        }
+    }
+}
+
+/// `deferred_generation` (§4.5): check the templates now (422 on error),
+/// then store the request itself as one message for the internal
+/// generator queue; it is expanded later by [`expand_deferred`].
+async fn queue_deferred(
+    reception: &Reception,
+    origin: &Origin,
+    request: InjectRequest,
+    body: Bytes,
+) -> Result<InjectResponse, ExpandError> {
+    let sender = EnvelopeAddress::parse(&request.envelope_sender).map_err(ExpandError::Sender)?;
+    Generator::new(&request, &origin.hostname)?;
+    let mut meta = origin.base_meta();
+    meta.insert("queue".into(), GENERATOR_QUEUE.into());
+    meta.insert(
+        "auth_info".into(),
+        serde_json::to_value(&origin.auth_info)
+            .map_err(|e| ExpandError::Internal(e.to_string()))?,
+    );
+    let msg = Message::new(
+        SpoolId::new(),
+        sender,
+        vec![EnvelopeAddress::null_sender()],
+        meta,
+        body,
+    );
+    let arrival = Arrival {
+        peer: Some(("", &origin.peer_ip)),
+        deferred_spool: request.deferred_spool,
+    };
+    match reception.accept(vec![msg], arrival).await {
+        Ok(_) => Ok(InjectResponse::default()),
+        Err(AcceptError::Spool(err)) => Err(ExpandError::Spool(err)),
+        Err(err) => Err(ExpandError::Internal(err.to_string())),
+    }
+}
+
+/// Expand a deferred generation request taken from the
+/// `generator.kumomta.internal` queue, exactly as an immediate request:
+/// one message per recipient, `http_message_generated`, spooling and
+/// queueing. For the queue layer: `Ok` means the request is done (remove
+/// it; per-recipient failures are in the response), `Err` means nothing of
+/// it was kept and it should be retried later.
+pub async fn expand_deferred(
+    state: &ServerState,
+    msg: &Message,
+) -> Result<InjectResponse, ExpandError> {
+    let reception = state
+        .reception()
+        .cloned()
+        .ok_or_else(|| ExpandError::Internal("the spool is not open yet".into()))?;
+    let mut request: InjectRequest = serde_json::from_slice(&msg.data()).map_err(|err| {
+        ExpandError::Internal(format!(
+            "deferred generation request {} is not valid: {err}",
+            msg.id()
+        ))
+    })?;
+    request.deferred_generation = false;
+    let origin = Origin::from_meta(msg);
+    expand_and_accept(state, &reception, &origin, request).await
+}
+
+/// Generate every recipient's message, run the policy event, and hand the
+/// whole request to the reception in one call.
+pub async fn expand_and_accept(
+    state: &ServerState,
+    reception: &Reception,
+    origin: &Origin,
+    request: InjectRequest,
+) -> Result<InjectResponse, ExpandError> {
+    let sender = EnvelopeAddress::parse(&request.envelope_sender).map_err(ExpandError::Sender)?;
+    let has_handler = state
+        .engine
+        .has_handler(GENERATED_EVENT)
+        .await
+        .map_err(|err| ExpandError::Internal(format!("cannot load the policy: {err}")))?;
+    let context = Context {
+        hostname: origin.hostname.clone(),
+        peer_ip: origin.peer_ip.clone(),
         headers_up_front: !has_handler,
-        base_meta,
+        base_meta: origin.base_meta(),
     };
 
     let generated = tokio::task::spawn_blocking(move || {
@@ -153,17 +297,8 @@ pub async fn inject(
     })
     .await;
     let (request, context, prepared) = match generated {
-        Ok((request, context, Ok(prepared))) => (request, context, prepared),
-        Ok((_, _, Err(err))) => {
-            return json_error(StatusCode::UNPROCESSABLE_ENTITY, err.to_string());
-        }
-        Err(err) => {
-            tracing::error!("injection request generation failed: {err}");
-            return json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Error: generation failed",
-            );
-        }
+        Ok((request, context, prepared)) => (request, context, prepared?),
+        Err(err) => return Err(ExpandError::Internal(format!("generation failed: {err}"))),
     };
 
     let mut response = InjectResponse::default();
@@ -184,7 +319,7 @@ pub async fn inject(
         }
         let msg = Message::new(id, sender.clone(), vec![recipient], meta, Bytes::from(data));
         if has_handler {
-            if let Err(err) = fire_generated(&listener, &msg, &auth_info).await {
+            if let Err(err) = fire_generated(state, &msg, &origin.auth_info).await {
                 response.fail(&item.email, err);
                 continue;
             }
@@ -208,15 +343,9 @@ pub async fn inject(
             peer: Some(("", &context.peer_ip)),
             deferred_spool: request.deferred_spool,
         };
-        match accept(&reception, to_accept, arrival).await {
+        match accept(reception, to_accept, arrival).await {
             Ok(()) => response.success_count += count,
-            Err(AcceptError::Spool(err)) => {
-                tracing::error!("http injection: spool write failed: {err}");
-                return json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("spool write failed: {err}"),
-                );
-            }
+            Err(AcceptError::Spool(err)) => return Err(ExpandError::Spool(err)),
             Err(err @ AcceptError::QueueName { .. }) => {
                 tracing::error!("http injection: {err}");
                 for email in emails {
@@ -225,8 +354,7 @@ pub async fn inject(
             }
         }
     }
-    let body = serde_json::to_vec(&response).expect("response serializes");
-    compressed_response(&headers, StatusCode::OK, "application/json", body)
+    Ok(response)
 }
 
 async fn accept(
@@ -324,14 +452,13 @@ fn supplemental_value(
 /// Run `http_message_generated(msg, auth_info)`; an error or
 /// `kumo.reject` fails this recipient with its text.
 async fn fire_generated(
-    listener: &HttpListener,
+    state: &ServerState,
     msg: &Message,
     auth_info: &AuthInfo,
 ) -> Result<(), String> {
     let m = msg.clone();
     let info = auth_info.clone();
-    let result = listener
-        .state
+    let result = state
         .engine
         .dispatch(
             GENERATED_EVENT,
@@ -348,5 +475,141 @@ async fn fire_generated(
                 Err(err.to_string())
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reception::Reception;
+    use tern_policy::{EngineOptions, PolicyEngine};
+    use tern_spool::{Spool, SpoolConfig, SpoolKind};
+
+    /// A server state with LocalDisk spools in a fresh folder and `policy`.
+    fn server(policy: &str) -> (Arc<ServerState>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("tern-http-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let policy_path = dir.join("init.lua");
+        std::fs::write(&policy_path, policy).unwrap();
+        let engine = PolicyEngine::new(EngineOptions::new(&policy_path));
+        let node_id = uuid::Uuid::new_v4();
+        let state = Arc::new(ServerState::new("gen.test".into(), node_id, engine));
+        let open = |name: &str| {
+            Spool::open(&SpoolConfig::new(
+                name,
+                dir.join(name),
+                SpoolKind::LocalDisk,
+            ))
+            .unwrap()
+        };
+        state.set_reception(Arc::new(Reception {
+            data: open("data"),
+            meta: open("meta"),
+            loggers: Arc::new(Vec::new()),
+            node_id,
+            spooled: Default::default(),
+            queues: Default::default(),
+        }));
+        state.set_spool_ready();
+        (state, dir)
+    }
+
+    fn origin() -> Origin {
+        Origin {
+            peer_ip: "192.0.2.7".into(),
+            via_ip: "127.0.0.1".into(),
+            hostname: "gen.test".into(),
+            http_auth: "alice".into(),
+            auth_info: AuthInfo {
+                peer_address: Some("192.0.2.7".into()),
+                identities: vec![auth::Identity {
+                    identity: "alice".into(),
+                    context: "HttpBasicAuth".into(),
+                }],
+                groups: vec![],
+                basic_user: Some("alice".into()),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn deferred_generation_round_trip() {
+        let (state, dir) = server(
+            r#"local kumo = require 'kumo'
+kumo.on('http_message_generated', function(msg, auth_info)
+  msg:set_meta('seen_identity', auth_info.identities[1].identity)
+  if msg:recipient().user == 'no' then kumo.reject(550, 'refused') end
+end)
+"#,
+        );
+        let reception = state.reception().cloned().unwrap();
+        let body = serde_json::json!({
+            "envelope_sender": "s@example.com",
+            "deferred_generation": true,
+            "content": "Subject: hi {{ name }}\n\nbody\n",
+            "recipients": [{"email": "a@example.com", "name": "A"},
+                           {"email": "no@example.com"},
+                           {"email": "b@example.com", "metadata": {"k": 1}}]
+        })
+        .to_string();
+        let request: InjectRequest = serde_json::from_str(&body).unwrap();
+        let response = queue_deferred(&reception, &origin(), request, Bytes::from(body.clone()))
+            .await
+            .unwrap();
+        assert_eq!(response, InjectResponse::default());
+        assert_eq!(
+            reception.spooled.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+
+        // What the queue layer would hold: the request as one message.
+        let stored = Message::new(
+            SpoolId::new(),
+            EnvelopeAddress::parse("s@example.com").unwrap(),
+            vec![EnvelopeAddress::null_sender()],
+            {
+                let mut meta = origin().base_meta();
+                meta.insert("queue".into(), GENERATOR_QUEUE.into());
+                meta.insert(
+                    "auth_info".into(),
+                    serde_json::to_value(&origin().auth_info).unwrap(),
+                );
+                meta
+            },
+            Bytes::from(body),
+        );
+        assert_eq!(stored.queue_name().unwrap(), GENERATOR_QUEUE);
+        let response = expand_deferred(&state, &stored).await.unwrap();
+        assert_eq!(response.success_count, 2, "{response:?}");
+        assert_eq!(response.failed_recipients, vec!["no@example.com"]);
+        assert_eq!(response.errors, vec!["no@example.com: 550 refused"]);
+        assert_eq!(
+            reception.spooled.load(std::sync::atomic::Ordering::Relaxed),
+            3
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn deferred_generation_checks_templates_up_front() {
+        let (state, dir) = server("local kumo = require 'kumo'\n");
+        let reception = state.reception().cloned().unwrap();
+        let body = serde_json::json!({
+            "envelope_sender": "s@example.com",
+            "deferred_generation": true,
+            "content": "Subject: {% if %}\n\nx",
+            "recipients": [{"email": "a@example.com"}]
+        })
+        .to_string();
+        let request: InjectRequest = serde_json::from_str(&body).unwrap();
+        let err = queue_deferred(&reception, &origin(), request, Bytes::from(body))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            reception.spooled.load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -53,7 +53,7 @@ fn schemas() -> Value {
                 "deferred_generation": {
                     "type": "boolean",
                     "default": false,
-                    "description": "Queue the request and expand it later. Refused by Tern (422): not supported yet."
+                    "description": "Queue the request itself (templates are checked now) and expand it later from the internal queue generator.kumomta.internal; the answer then has success_count 0."
                 },
                 "deferred_spool": {
                     "type": "boolean",
@@ -201,7 +201,7 @@ pub fn openapi_spec() -> String {
                         "401": text_response("Authentication failed, or the peer is neither trusted nor authenticated."),
                         "413": text_response("The (decompressed) body is larger than request_body_limit."),
                         "415": error_response("Content-Type is not application/json, or the Content-Encoding is unsupported."),
-                        "422": error_response("A field has the wrong type, a template does not compile, a builder field is invalid, or a feature is not supported by Tern yet."),
+                        "422": error_response("A field has the wrong type or is missing, a template does not compile, a builder field is invalid, or a feature is not supported by Tern yet (Handlebars)."),
                         "500": error_response("The envelope sender is invalid, or an internal error."),
                         "503": error_response("Not accepting messages now: shutting down, waiting for spool startup, disk is too full, or a spool write failed.")
                     }
