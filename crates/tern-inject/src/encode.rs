@@ -244,8 +244,20 @@ pub fn write_address_header(out: &mut Vec<u8>, name: &str, value: &str) {
     folder.finish();
 }
 
-/// Append `Name: "Display" <addr>\r\n` for one mailbox.
+/// Append `Name: "Display" <addr>\r\n` for one mailbox. Control
+/// characters and spaces in the address are dropped, so a substituted
+/// value cannot start a new header line.
 pub fn write_mailbox_header(out: &mut Vec<u8>, name: &str, display: Option<&str>, addr: &str) {
+    let cleaned;
+    let addr = if addr.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        cleaned = addr
+            .chars()
+            .filter(|c| !c.is_control() && !c.is_whitespace())
+            .collect::<String>();
+        cleaned.as_str()
+    } else {
+        addr
+    };
     let mut folder = Folder::new(out, name);
     if let Some(display) = display.filter(|d| !d.is_empty()) {
         write_display_name(&mut folder, display);
@@ -609,6 +621,17 @@ mod tests {
             "\"Smith, John\" <john@example.com>"
         );
         assert_eq!(mailbox_text(None, "a@b.c"), "a@b.c");
+    }
+
+    #[test]
+    fn addresses_cannot_inject_header_lines() {
+        let mut out = Vec::new();
+        write_mailbox_header(&mut out, "From", Some("x"), "a@b.c\r\nBcc: evil@d.e");
+        let s = text(out);
+        assert_eq!(s.matches("\r\n").count(), 1, "{s}");
+        let mut out = Vec::new();
+        write_unstructured_header(&mut out, "Subject", "hi\r\nBcc: evil@d.e");
+        assert!(!text(out).contains("\r\nBcc"));
     }
 
     #[test]

@@ -30,7 +30,16 @@ pub fn is_address_header(name: &str) -> bool {
 }
 
 /// Write `name: value` with the encoding rules that suit the header.
+/// Line breaks in the value are unfolded first, so a substituted value
+/// cannot start a header line of its own.
 pub fn write_header(out: &mut Vec<u8>, name: &str, value: &str) {
+    let unfolded;
+    let value = if value.contains(['\r', '\n']) {
+        unfolded = value.replace(['\r', '\n'], " ");
+        unfolded.as_str()
+    } else {
+        value
+    };
     if is_address_header(name) {
         write_address_header(out, name, value);
     } else {
@@ -591,6 +600,14 @@ mod tests {
         tree.write(&mut out, &boundaries);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("\r\n\r\nline\r\n\r\n--=_tern_"), "{text}");
+    }
+
+    #[test]
+    fn header_values_cannot_add_lines() {
+        let mut out = Vec::new();
+        write_header(&mut out, "To", "\"X\" <a@b.c\r\nBcc: evil@d.e>");
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("\r\nBcc"), "{text}");
     }
 
     #[test]
