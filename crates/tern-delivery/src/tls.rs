@@ -21,9 +21,11 @@ use tern_queue::config::EgressPathConfig;
 /// tern-log's `with_tls`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsInfo {
-    /// IANA cipher suite name, e.g. `TLS_AES_256_GCM_SHA384`.
+    /// rustls cipher suite name, e.g. `TLS13_AES_256_GCM_SHA384`: KumoMTA
+    /// logs rustls names for rustls sessions (spec §12.2), and reception
+    /// logs the same form.
     pub cipher: String,
-    /// `TLSv1.3` or `TLSv1.2`.
+    /// `TLSv1_3` or `TLSv1_2` (rustls names).
     pub protocol_version: String,
     /// Subject of the peer certificate as `KEY=value` parts
     /// (`["CN=mx.example.com"]`), when it could be read.
@@ -34,11 +36,11 @@ impl TlsInfo {
     pub(crate) fn from_connection(conn: &rustls::ClientConnection) -> Self {
         let cipher = conn
             .negotiated_cipher_suite()
-            .map(|suite| iana_cipher_name(suite.suite()))
+            .map(|suite| format!("{:?}", suite.suite()))
             .unwrap_or_default();
         let protocol_version = conn
             .protocol_version()
-            .map(|version| format!("{version:?}").replace('_', "."))
+            .map(|version| format!("{version:?}"))
             .unwrap_or_default();
         let peer_subject_name = conn
             .peer_certificates()
@@ -49,15 +51,6 @@ impl TlsInfo {
             protocol_version,
             peer_subject_name,
         }
-    }
-}
-
-/// rustls names TLS 1.3 suites `TLS13_*`; logs use the IANA `TLS_*` names.
-fn iana_cipher_name(suite: rustls::CipherSuite) -> String {
-    let name = format!("{suite:?}");
-    match name.strip_prefix("TLS13_") {
-        Some(rest) => format!("TLS_{rest}"),
-        None => name,
     }
 }
 
@@ -233,18 +226,6 @@ pub(crate) fn server_name(host: &PlannedHost) -> ServerName<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cipher_names_follow_iana() {
-        assert_eq!(
-            iana_cipher_name(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384),
-            "TLS_AES_256_GCM_SHA384"
-        );
-        assert_eq!(
-            iana_cipher_name(rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256),
-            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
-        );
-    }
 
     #[test]
     fn sni_uses_the_host_name_without_the_dot() {

@@ -295,12 +295,18 @@ async fn connection_task(
         match SmtpConnection::connect(&plan, 0, &settings).await {
             Err(err) => {
                 let response = to_log_response(&err.response());
+                // Only "no answer from any host" counts towards the bulk
+                // delay; a host that answered and refused is a different story.
                 let failures = {
                     let mut state = ready.state.lock();
-                    state.consecutive_failures += 1;
+                    if err.no_answer_from_any_host() {
+                        state.consecutive_failures += 1;
+                    } else {
+                        state.consecutive_failures = 0;
+                    }
                     state.consecutive_failures
                 };
-                if failures >= path.consecutive_connection_failures_before_delay {
+                if failures > 0 && failures >= path.consecutive_connection_failures_before_delay {
                     ready.state.lock().consecutive_failures = 0;
                     let response = internal(
                         451,
@@ -470,6 +476,21 @@ async fn deliver_one(
                 }
             }
             Err(err) => {
+                let answered = err.recipient_results();
+                if !answered.is_empty() {
+                    // A 421 in the middle: the replies already given stand,
+                    // the recipients after it are transient.
+                    for (recipient, result) in batch.into_iter().zip(answered) {
+                        outcomes.push((recipient, result.outcome, result.response.clone()));
+                    }
+                    let response = err.response();
+                    outcomes.extend(
+                        pending
+                            .drain(..)
+                            .map(|r| (r, Outcome::Transient, response.clone())),
+                    );
+                    break;
+                }
                 let response = err.response();
                 let outcome = if err.is_permanent() {
                     Outcome::Permanent
