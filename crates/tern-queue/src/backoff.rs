@@ -124,12 +124,19 @@ pub fn infer_attempts_from_age(
 }
 
 /// The delay from now until a respooled message is due, given the inferred
-/// attempt counter and its age. As in KumoMTA, the schedule is rebuilt from
-/// the creation time as the sum of `delay(1) .. delay(n-1)`, never earlier
-/// than now; in practice that makes most respooled messages due at once.
+/// attempt counter and its age.
 ///
-/// Returns `None` when the message is already at or past `max_age` (or the
-/// rebuilt schedule would be), meaning it should be expired.
+/// The schedule continues where it left off: a message that fitted `n`
+/// delays is next due at `created + delay(0) + ... + delay(n)`, the end of
+/// the first delay that had not elapsed. A message younger than the first
+/// delay (`n == 0`) may never have been tried, so it is due at once.
+///
+/// KumoMTA sums `delay(1) .. delay(n-1)` instead, which lands before `age`
+/// for nearly every message, so a restart sends the whole deferred backlog
+/// at once; Tern keeps the schedule (see docs/compatibility.md).
+///
+/// Returns `None` when the message is already at or past `max_age`, or its
+/// next slot would be past it (the retry that would have expired it).
 pub fn delay_after_restart(
     num_attempts: u32,
     age: Duration,
@@ -140,17 +147,20 @@ pub fn delay_after_restart(
     if age >= max_age {
         return None;
     }
-    let overall = (1..num_attempts).fold(Duration::ZERO, |sum, attempt| {
+    if num_attempts == 0 {
+        return Some(Duration::ZERO);
+    }
+    let next_slot = (0..=num_attempts).fold(Duration::ZERO, |sum, attempt| {
         sum.saturating_add(delay_for_attempt(
             attempt,
             retry_interval,
             max_retry_interval,
         ))
     });
-    if overall >= max_age {
+    if next_slot > max_age {
         return None;
     }
-    Some(overall.saturating_sub(age))
+    Some(next_slot.saturating_sub(age))
 }
 
 /// Why a message is being expired; [`Expiry::content`] is the log text.
@@ -476,22 +486,32 @@ mod tests {
     }
 
     #[test]
-    fn restart_is_due_now_unless_too_old() {
+    fn restart_continues_the_schedule_unless_too_old() {
         let schedule = RetrySchedule {
             retry_interval: secs(20 * MIN),
             max_retry_interval: None,
             max_age: secs(7 * 86400),
         };
         let created = SystemTime::UNIX_EPOCH + secs(1_000_000);
+        // Tried at 0, 20 m and 60 m; the next slot is 140 m.
         let now = created + secs(70 * MIN);
         let (attempts, due) = schedule.after_restart(created, now).unwrap();
         assert_eq!(attempts, 2);
-        assert_eq!(due, now);
+        assert_eq!(due, created + secs(140 * MIN));
+        // Younger than the first delay: maybe never tried, due at once.
+        let young = created + secs(5 * MIN);
+        assert_eq!(schedule.after_restart(created, young), Some((0, young)));
         assert!(
             schedule
                 .after_restart(created, created + secs(7 * 86400))
                 .is_none()
         );
+        // A next slot past max_age expires (as the retry would have).
+        let short = RetrySchedule {
+            max_age: secs(100 * MIN),
+            ..schedule
+        };
+        assert!(short.after_restart(created, now).is_none());
         // A future creation time (clock skew) counts as age zero.
         assert_eq!(schedule.after_restart(now, created), Some((0, created)));
     }
