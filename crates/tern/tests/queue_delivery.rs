@@ -33,7 +33,9 @@ end)
 fn send(server: &tern_testkit::TernServer, recipients: &[&str]) {
     let mut smtp = server.smtp().unwrap();
     smtp.read_reply().unwrap();
-    smtp.command("EHLO test").unwrap();
+    if let Err(err) = smtp.command("EHLO test") {
+        panic!("EHLO: {err}\nserver output:\n{}", server.output());
+    }
     for rcpt in recipients {
         let (code, text) = smtp
             .send_message("s@example.com", rcpt, &body("test"))
@@ -291,4 +293,43 @@ fn shaping_message_rate_connection_limit_and_deliveries_per_connection() {
     );
     assert!(stats.connections >= 10, "{} connections", stats.connections);
     assert_eq!(stats.messages, 100);
+}
+
+#[test]
+fn set_scheduling_first_attempt_delays_delivery() {
+    let sink = TestSink::start(SinkConfig::default());
+    let mut policy = relay_policy(sink.port(), "", "");
+    policy.push_str(
+        r#"
+kumo.on('smtp_server_message_received', function(msg)
+  msg:set_scheduling { first_attempt = os.date('!%Y-%m-%dT%H:%M:%SZ', os.time() + 4) }
+end)
+"#,
+    );
+    let server = Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
+    send(&server, &["later@example.com"]);
+    let logs = server.dir().join("logs");
+    let seen = wait_for_records(&logs, Duration::from_secs(30), |r| {
+        count(r, "Delivery") == 1
+    });
+    let received = event_seconds(of_type(&seen, "Reception")[0]);
+    let delivered = event_seconds(of_type(&seen, "Delivery")[0]);
+    assert!(
+        delivered - received >= 2.5,
+        "delivered {:.2}s after reception",
+        delivered - received
+    );
+    let delayed = of_type(&seen, "Delayed");
+    assert_eq!(delayed.len(), 1, "{seen:#?}");
+    assert!(
+        delayed[0]["response"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Context: ScheduledForLater. Next due in"),
+        "{}",
+        delayed[0]
+    );
 }

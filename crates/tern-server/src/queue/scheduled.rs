@@ -280,6 +280,21 @@ async fn promote(
     msg: Message,
     config: Result<&Arc<QueueConfig>, &String>,
 ) {
+    // `msg:set_scheduling`: outside its window the message waits, without
+    // counting an attempt (§21).
+    if let Some(value) = msg.scheduling()
+        && let Ok(scheduling) = serde_json::from_value::<tern_queue::Scheduling>(value)
+    {
+        let now = SystemTime::now();
+        let due = scheduling.adjust(now);
+        if let Ok(wait) = due.duration_since(now)
+            && wait >= TICK
+        {
+            let how = Requeue::throttled("ScheduledForLater", wait);
+            disposition::requeue(mgr, msg, how, &queue.name).await;
+            return;
+        }
+    }
     let config = match config {
         Ok(config) => config.clone(),
         Err(err) => {
