@@ -17,7 +17,8 @@ KIND=${2:-RocksDB}
 RUNS=${3:-3}
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
-cargo build --release -q -p tern -p tern-server --example fill_spool
+cargo build --release -q -p tern
+cargo build --release -q -p tern-server --example fill_spool
 BIN=$CARGO_TARGET_DIR/release
 WORK=$(mktemp -d /var/tmp/tern-deferred.XXXXXX)
 trap 'pkill -f "tern serve --policy $WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT
