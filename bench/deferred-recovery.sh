@@ -48,7 +48,7 @@ measure() { # $1 = spool dir
   done
   sleep 2 # let allocations settle
   local secs rss hwm
-  secs=$(grep -o "removed in [0-9.]*s" "$WORK/serve.log" | grep -o "[0-9.]*" | head -1)
+  secs=$(grep "spool recovery:" "$WORK/serve.log" | grep -o "in [0-9.]*s$" | grep -o "[0-9.]*" | head -1)
   rss=$(awk '/VmRSS/ {print $2}' /proc/$pid/status)
   hwm=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
   grep "spool recovery:" "$WORK/serve.log" | sed 's/.*spool recovery:/  recovery:/' >&2

@@ -121,15 +121,19 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     let _ = reception
         .queues
         .set(Arc::new(crate::queue::ManagerSink(queues.clone())));
-    let recovered = crate::queue::recovery::recover(&queues).await;
+    let recovered = crate::queue::recovery::recover(&queues)
+        .await
+        .map_err(|err| anyhow::anyhow!("spool recovery aborted: {err}"))?;
     reception
         .spooled
         .store(recovered.queued, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
-        "spool recovery: {} messages queued, {} expired, {} corrupt entries removed in {:.2}s",
+        "spool recovery: {} messages queued, {} expired, {} corrupt entries removed, \
+         {} left for a failed get_queue_config in {:.2}s",
         recovered.queued,
         recovered.expired,
         recovered.corrupt,
+        recovered.failed,
         recovered.seconds
     );
     state.set_spool_ready();

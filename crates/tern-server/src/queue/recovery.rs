@@ -23,10 +23,14 @@ pub struct RecoveryStats {
     pub queued: u64,
     pub expired: u64,
     pub corrupt: u64,
+    /// Left in the spool because `get_queue_config` failed for their queue.
+    pub failed: u64,
     pub seconds: f64,
 }
 
-pub async fn recover(mgr: &Arc<QueueManager>) -> RecoveryStats {
+/// Walk the meta spool and queue every message. An error raised by
+/// `spool_message_enumerated` aborts startup (§2.3 step 2).
+pub async fn recover(mgr: &Arc<QueueManager>) -> Result<RecoveryStats, String> {
     let started = Instant::now();
     let mut stats = RecoveryStats::default();
     let enumerated_handler = mgr
@@ -34,10 +38,19 @@ pub async fn recover(mgr: &Arc<QueueManager>) -> RecoveryStats {
         .has_handler("spool_message_enumerated")
         .await
         .unwrap_or(false);
-    let mut schedules: HashMap<String, (RetrySchedule, bool)> = HashMap::new();
+    // Per queue: its retry schedule, or None when get_queue_config failed.
+    let mut schedules: HashMap<String, Option<RetrySchedule>> = HashMap::new();
+    let mut last_progress = Instant::now();
     let mut entries = mgr.reception.meta.enumerate();
     let now = SystemTime::now();
     while let Some(entry) = entries.next().await {
+        if last_progress.elapsed() >= std::time::Duration::from_secs(30) {
+            last_progress = Instant::now();
+            tracing::info!(
+                "spool recovery: still enumerating; {} messages queued so far",
+                stats.queued
+            );
+        }
         let entry = match entry {
             Ok(entry) => entry,
             Err(err) => {
@@ -67,7 +80,10 @@ pub async fn recover(mgr: &Arc<QueueManager>) -> RecoveryStats {
                 )
                 .await
             {
-                tracing::error!("spool_message_enumerated for {}: {err}", msg.id());
+                return Err(format!(
+                    "spool_message_enumerated failed for {}: {err}",
+                    msg.id()
+                ));
             }
             if msg.is_meta_dirty() {
                 let bytes = bytes::Bytes::from(msg.meta_spool_bytes());
@@ -79,10 +95,12 @@ pub async fn recover(mgr: &Arc<QueueManager>) -> RecoveryStats {
         let queue = match msg.queue_name() {
             Ok(queue) => queue,
             Err(err) => {
-                tracing::error!(
-                    "spool entry {} has no usable queue ({err}); removing it",
-                    msg.id()
+                let response = Response::new(
+                    551,
+                    tern_log::EnhancedCode::parse("5.1.3"),
+                    format!("Failed to compute queue name: {err}"),
                 );
+                disposition::log(mgr, RecordType::Expiration, &msg, "", "", response, None).await;
                 disposition::remove(mgr, &msg).await;
                 stats.corrupt += 1;
                 continue;
@@ -92,20 +110,26 @@ pub async fn recover(mgr: &Arc<QueueManager>) -> RecoveryStats {
             disposition::remove(mgr, &msg).await;
             continue;
         }
-        let (schedule, _) = match schedules.get(&queue) {
+        let schedule = match schedules.get(&queue) {
             Some(known) => *known,
             None => {
-                let config = match config_for(mgr, &queue).await {
-                    Ok(config) => config,
+                let known = match config_for(mgr, &queue).await {
+                    Ok(config) => Some(RetrySchedule::from_config(&config)),
                     Err(err) => {
-                        tracing::error!("{err}; recovering its messages with the default schedule");
-                        Arc::new(tern_queue::QueueConfig::default())
+                        tracing::error!(
+                            "{err}; its messages stay in the spool untouched: \
+                             fix the policy and restart"
+                        );
+                        None
                     }
                 };
-                let known = (RetrySchedule::from_config(&config), true);
                 schedules.insert(queue.clone(), known);
                 known
             }
+        };
+        let Some(schedule) = schedule else {
+            stats.failed += 1;
+            continue;
         };
         let created = msg.id().created();
         let scheduling: Option<Scheduling> = msg
@@ -158,5 +182,5 @@ pub async fn recover(mgr: &Arc<QueueManager>) -> RecoveryStats {
         }
     }
     stats.seconds = started.elapsed().as_secs_f64();
-    stats
+    Ok(stats)
 }
