@@ -333,3 +333,62 @@ end)
         delayed[0]
     );
 }
+
+#[test]
+fn refused_first_host_fails_over_and_a_421_affects_only_its_message() {
+    let sink = TestSink::start(SinkConfig::default());
+    // Nothing listens on the first mx_list entry.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let policy = format!(
+        r#"{head}
+kumo.on('get_queue_config', function()
+  return kumo.make_queue_config {{
+    retry_interval = '1h',
+    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{closed}', '[127.0.0.1]:{port}' }} }} }},
+  }}
+end)
+kumo.on('get_egress_path_config', function()
+  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled', connection_limit = 1 }}
+end)
+"#,
+        head = policy_head("RocksDB"),
+        port = sink.port()
+    );
+    let server = Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
+    send(
+        &server,
+        &[
+            "first@example.com",
+            "421-drop@example.com",
+            "last@example.com",
+        ],
+    );
+    let logs = server.dir().join("logs");
+    let seen = wait_for_records(&logs, Duration::from_secs(30), |r| {
+        count(r, "Delivery") >= 2 && count(r, "TransientFailure") >= 1
+    });
+    let delivered: Vec<&str> = of_type(&seen, "Delivery")
+        .iter()
+        .map(|r| r["recipient"].as_str().unwrap())
+        .collect();
+    assert!(delivered.contains(&"first@example.com"), "{delivered:?}");
+    assert!(delivered.contains(&"last@example.com"), "{delivered:?}");
+    for record in of_type(&seen, "Delivery") {
+        assert_eq!(
+            record["peer_address"]["addr"], "127.0.0.1",
+            "delivered through the second host"
+        );
+    }
+    let failed = of_type(&seen, "TransientFailure");
+    assert_eq!(failed.len(), 1, "{seen:#?}");
+    assert_eq!(failed[0]["recipient"], "421-drop@example.com");
+    assert_eq!(failed[0]["response"]["code"], 421);
+    assert_eq!(count(&seen, "Bounce"), 0);
+}
