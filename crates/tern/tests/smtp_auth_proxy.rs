@@ -1,7 +1,7 @@
 //! AUTH PLAIN, XCLIENT, the inbound PROXY protocol, the per-message
-//! relay re-check and the per-message free-space check of the ESMTP
-//! listener, against the real server with real clients (Python's smtplib,
-//! swaks, raw sockets).
+//! relay re-check, the per-message free-space check and the pre-banner
+//! refusal of the ESMTP listener, against the real server with real
+//! clients (Python's smtplib, swaks, raw sockets).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -711,4 +711,23 @@ end)
         let stored = rt.block_on(data.load(id)).is_ok();
         assert_eq!(stored, record["id"] == ids[0], "{record}");
     }
+}
+
+#[test]
+fn connection_accepted_rejection_is_sent_before_closing() {
+    let policy = r#"local kumo = require 'kumo'
+kumo.on('init', function()
+  kumo.define_spool { name = 'data', path = '{dir}/spool/data' }
+  kumo.define_spool { name = 'meta', path = '{dir}/spool/meta' }
+  kumo.start_esmtp_listener { listen = '127.0.0.1:0', hostname = 'mx.test' }
+end)
+kumo.on('smtp_server_connection_accepted', function(conn_meta)
+  kumo.reject(554, '5.7.1 not from here')
+end)
+"#;
+    let server = start(policy.to_string());
+    let mut smtp = server.smtp().unwrap();
+    let (code, text) = smtp.read_reply().unwrap();
+    assert_eq!((code, text.as_str()), (554, "554 5.7.1 not from here\r\n"));
+    assert!(smtp.is_closed());
 }
