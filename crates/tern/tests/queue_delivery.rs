@@ -75,6 +75,15 @@ fn delivery_bounce_and_retry_schedule_until_expiry() {
     assert_eq!(delivered[0]["egress_pool"], "unspecified");
     assert_eq!(delivered[0]["peer_address"]["addr"], "127.0.0.1");
     assert!(delivered[0]["tls_cipher"].is_string(), "{:?}", delivered[0]);
+    assert!(
+        delivered[0]["source_address"]["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{:?}",
+        delivered[0]
+    );
+    assert!(delivered[0]["session_id"].is_string());
+    assert_eq!(delivered[0]["delivery_protocol"], "ESMTP");
     assert_eq!(
         delivered[0]["site"],
         format!(
