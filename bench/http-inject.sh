@@ -63,7 +63,7 @@ LUA
     KUMO_NODE_ID_PATH="$dir/.nodeid" NO_COLOR=1 "$TERN" serve --policy "$dir/init.lua" --user "$(id -un)" \
       > "$dir/out.log" 2>&1 &
     local pid=$!
-    for _ in $(seq 1 200); do grep -q "initialization complete" "$dir/out.log" && break; sleep 0.05; done
+    for _ in $(seq 1 200); do grep -q "initialization complete" "$dir/out.log" 2>/dev/null && break; sleep 0.05; done
     local port
     port=$(grep -o "http listener on [0-9.:]*" "$dir/out.log" | sed 's/.*://')
     rates+=("$(send_once "$port" "$dir/send.json")")
