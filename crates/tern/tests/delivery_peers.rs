@@ -43,7 +43,7 @@ fn wait_for_port(port: u16) {
 const NO_TRACE: &str = "trace_headers = { received_header = false, supplemental_header = false }";
 
 /// A Tern that accepts for any domain from loopback and writes every
-/// message to `{dir}/maildir`.
+/// message to `{dir}/maildir/<domain>/<local part>`.
 fn maildir_sink() -> TernServer {
     let policy = format!(
         r#"local kumo = require 'kumo'
@@ -54,7 +54,9 @@ kumo.on('init', function()
   kumo.start_esmtp_listener {{ listen = '127.0.0.1:0', relay_hosts = {{ '127.0.0.1' }}, {NO_TRACE} }}
 end)
 kumo.on('get_queue_config', function()
-  return kumo.make_queue_config {{ protocol = {{ maildir_path = '{{dir}}/maildir' }} }}
+  return kumo.make_queue_config {{
+    protocol = {{ maildir_path = '{{dir}}/maildir/{{{{ domain_part }}}}/{{{{ local_part }}}}' }},
+  }}
 end)
 "#
     );
@@ -128,18 +130,28 @@ fn tern_to_tern_maildir_byte_for_byte_and_tls_modes() {
     // OpportunisticInsecure delivered over TLS.
     let delivered = of_type(&seen, "Delivery")[0];
     assert_eq!(delivered["recipient"], "user@loose.test");
-    let cipher = delivered["tls_cipher"].as_str().expect("delivered over TLS");
+    let cipher = delivered["tls_cipher"]
+        .as_str()
+        .expect("delivered over TLS");
     // Opportunistic verifies the self-signed certificate and fails.
     let failed = of_type(&seen, "TransientFailure")[0];
     assert_eq!(failed["recipient"], "user@strict.test");
-    let text = failed["response"]["content"].as_str().unwrap().to_lowercase();
+    let text = failed["response"]["content"]
+        .as_str()
+        .unwrap()
+        .to_lowercase();
     assert!(
         text.contains("certificate") || text.contains("tls"),
         "{failed}"
     );
 
     // The sink stored exactly the bytes that were sent.
-    let maildir = sink.dir().join("maildir").join("new");
+    let maildir = sink
+        .dir()
+        .join("maildir")
+        .join("loose.test")
+        .join("user")
+        .join("new");
     let mut files = Vec::new();
     for _ in 0..100 {
         files = std::fs::read_dir(&maildir)
@@ -205,7 +217,14 @@ fn delivers_into_postfix_smtp_sink() {
 fn delivers_into_python_aiosmtpd() {
     let port = free_port();
     let mut child = Command::new("python3")
-        .args(["-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Debugging", "-l"])
+        .args([
+            "-m",
+            "aiosmtpd",
+            "-n",
+            "-c",
+            "aiosmtpd.handlers.Debugging",
+            "-l",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -334,10 +353,7 @@ end)
     let line = server
         .wait_for_line("spool recovery:", Duration::from_secs(30))
         .unwrap();
-    assert!(
-        line.contains(&format!("{n} messages queued")),
-        "{line}"
-    );
+    assert!(line.contains(&format!("{n} messages queued")), "{line}");
     let seen = wait_for_records(&logs, Duration::from_secs(120), |r| {
         count(r, "Delivery") >= n
     });

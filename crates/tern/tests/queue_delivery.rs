@@ -401,3 +401,91 @@ end)
     assert_eq!(failed[0]["response"]["code"], 421);
     assert_eq!(count(&seen, "Bounce"), 0);
 }
+
+#[test]
+fn custom_lua_delivery_outcomes_and_batches() {
+    let policy = format!(
+        r#"{head}
+kumo.on('get_queue_config', function(domain, tenant, campaign)
+  if domain == 'batch.test' then
+    return kumo.make_queue_config {{
+      retry_interval = '1h',
+      protocol = {{ custom_lua = {{ constructor = 'make.batch', batch_size = 10,
+        min_batch_size = 3, max_batch_latency = '2s' }} }},
+    }}
+  end
+  return kumo.make_queue_config {{
+    retry_interval = '1h',
+    protocol = {{ custom_lua = {{ constructor = 'make.sender' }} }},
+  }}
+end)
+kumo.on('make.sender', function(domain, tenant, campaign)
+  local out = io.open('{{dir}}/sent.txt', 'a')
+  return {{
+    send = function(self, msg)
+      local rcpt = tostring(msg:recipient())
+      if rcpt:find('^temp') then kumo.reject(450, '4.2.0 try later') end
+      if rcpt:find('^perm') then kumo.reject(550, '5.1.1 no such user') end
+      out:write(domain .. ' ' .. rcpt .. '\n')
+      out:flush()
+      return 'stored ' .. rcpt
+    end,
+    close = function(self) out:close() end,
+  }}
+end)
+kumo.on('make.batch', function(domain)
+  return {{
+    send_batch = function(self, msgs)
+      local f = io.open('{{dir}}/batches.txt', 'a')
+      f:write(#msgs .. '\n')
+      f:close()
+      return 'batch of ' .. #msgs
+    end,
+  }}
+end)
+"#,
+        head = policy_head("RocksDB")
+    );
+    let server = Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
+    send(&server, &["ok@lua.test", "temp@lua.test", "perm@lua.test"]);
+    let batch: Vec<String> = (0..3).map(|i| format!("b{i}@batch.test")).collect();
+    let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
+    send(&server, &refs);
+    let logs = server.dir().join("logs");
+    let seen = wait_for_records(&logs, Duration::from_secs(30), |r| {
+        count(r, "Delivery") >= 4 && count(r, "TransientFailure") >= 1 && count(r, "Bounce") >= 1
+    });
+    let delivered = of_type(&seen, "Delivery");
+    let ok = delivered
+        .iter()
+        .find(|r| r["recipient"] == "ok@lua.test")
+        .expect("ok delivered");
+    assert_eq!(ok["response"]["code"], 200);
+    assert_eq!(ok["response"]["content"], "stored ok@lua.test");
+    assert_eq!(ok["delivery_protocol"], "Lua");
+    assert_eq!(ok["site"], "unspecified->lua.test@lua:make.sender");
+    let temp = of_type(&seen, "TransientFailure")[0];
+    assert_eq!(temp["recipient"], "temp@lua.test");
+    assert_eq!(temp["response"]["code"], 450);
+    let perm = of_type(&seen, "Bounce")[0];
+    assert_eq!(perm["recipient"], "perm@lua.test");
+    assert_eq!(perm["response"]["code"], 550);
+    let sent = std::fs::read_to_string(server.dir().join("sent.txt")).unwrap();
+    assert_eq!(sent, "lua.test ok@lua.test\n");
+    // The three batch.test messages went in one send_batch call.
+    let batches = std::fs::read_to_string(server.dir().join("batches.txt")).unwrap();
+    assert_eq!(batches, "3\n");
+    let batch_records: Vec<_> = delivered
+        .iter()
+        .filter(|r| r["queue"] == "batch.test")
+        .collect();
+    assert_eq!(batch_records.len(), 3);
+    assert!(
+        batch_records
+            .iter()
+            .all(|r| r["response"]["content"] == "batch of 3")
+    );
+}

@@ -24,12 +24,14 @@
 //! metadata are read back from the spool when it is due.
 //!
 //! Modules: [`scheduled`] (scheduled queues and their maintainer task),
-//! [`ready`] (ready queues and dispatchers), [`policy`] (the Lua events
+//! [`ready`] (ready queues and dispatchers), [`lua_delivery`] (the
+//! `custom_lua` protocol), [`policy`] (the Lua events
 //! that configure queues, sources, pools and paths, with their caches),
 //! [`disposition`] (logging outcomes, requeue, expiry, removal),
 //! [`recovery`] (spool enumeration at startup).
 
 pub mod disposition;
+pub mod lua_delivery;
 pub mod policy;
 pub mod ready;
 pub mod recovery;

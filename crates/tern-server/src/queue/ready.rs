@@ -24,7 +24,7 @@ use tern_delivery::{ClientSettings, DeliveryResponse, SmtpConnection};
 use tern_dns::MailExchanger;
 use tern_log::{RecordType, Response};
 use tern_message::Message;
-use tern_queue::config::{MaildirProtocol, MxListEntry};
+use tern_queue::config::{CustomLuaProtocol, MaildirProtocol, MxListEntry};
 use tern_queue::{EgressPathConfig, EgressSource};
 use tern_smtp::client::Outcome;
 use tern_types::EnvelopeAddress;
@@ -36,6 +36,12 @@ use tokio::sync::Notify;
 pub enum Target {
     Mx(Arc<MailExchanger>),
     MxList(Vec<MxListEntry>),
+    /// `protocol = { custom_lua = ... }`; `queue` is a scheduled queue
+    /// feeding this ready queue (its parts go to the constructor).
+    Lua {
+        protocol: CustomLuaProtocol,
+        queue: String,
+    },
 }
 
 struct State {
@@ -59,7 +65,7 @@ pub struct ReadyQueue {
     pub routing_domain: String,
     pub source: Arc<EgressSource>,
     state: Mutex<State>,
-    notify: Notify,
+    pub(crate) notify: Notify,
 }
 
 /// The ready queue `name`, created with its `get_egress_path_config`
@@ -147,7 +153,7 @@ impl ReadyQueue {
         self.maybe_spawn(mgr);
     }
 
-    fn pop(&self) -> Option<Message> {
+    pub(crate) fn pop(&self) -> Option<Message> {
         self.state.lock().queue.pop_front()
     }
 
@@ -236,7 +242,7 @@ impl ReadyQueue {
         }
     }
 
-    fn facts(&self) -> AttemptFacts {
+    pub(crate) fn facts(&self) -> AttemptFacts {
         AttemptFacts {
             egress_pool: self.pool.clone(),
             egress_source: self.source.name.clone(),
@@ -247,7 +253,7 @@ impl ReadyQueue {
 }
 
 /// The queue name a message's records carry.
-fn queue_of(msg: &Message) -> String {
+pub(crate) fn queue_of(msg: &Message) -> String {
     msg.queue_name().unwrap_or_default()
 }
 
@@ -269,6 +275,17 @@ async fn connection_task(
     leases: Vec<tern_queue::Lease>,
 ) {
     let path = ready.refresh_path(&mgr).await;
+    let lua_target = match &ready.state.lock().target {
+        Target::Lua { protocol, queue } => Some((protocol.clone(), queue.clone())),
+        _ => None,
+    };
+    if let Some((protocol, queue)) = lua_target {
+        super::lua_delivery::run(&mgr, &ready, &path, &protocol, &queue).await;
+        drop(leases);
+        ready.state.lock().connections -= 1;
+        ready.maybe_spawn(&mgr);
+        return;
+    }
     let settings = ClientSettings {
         path: path.clone(),
         source: ready.source.clone(),
@@ -282,6 +299,8 @@ async fn connection_task(
             Target::MxList(list) => {
                 tern_delivery::plan_for_mx_list(list, &resolver, &path, &ready.source).await
             }
+            // Custom Lua targets were handled above.
+            Target::Lua { .. } => break,
         };
         let plan = match plan {
             Ok(plan) => plan,
@@ -566,35 +585,70 @@ async fn settle(
     }
 }
 
-/// Maildir delivery (§22) straight from the scheduled queue.
+/// Maildir delivery (§22) straight from the scheduled queue: the message
+/// is written once per recipient, into the folder the path template gives
+/// for that recipient. One `Delivery` record when all were written; on a
+/// failure, a `TransientFailure` and another try in about a minute (the
+/// backoff does not apply).
 pub async fn deliver_maildir(
     mgr: &Arc<QueueManager>,
     msg: Message,
     queue: &str,
     proto: &MaildirProtocol,
 ) {
-    let mut vars = msg.meta();
-    vars.insert("envelope_from".into(), msg.sender().to_string().into());
-    if let Some(first) = msg.first_recipient() {
-        vars.insert("envelope_to".into(), first.to_string().into());
-        vars.insert("user".into(), first.user().to_string().into());
-        vars.insert("domain".into(), first.domain().to_string().into());
-        vars.insert("local_part".into(), first.user().to_string().into());
-    }
-    vars.insert("queue".into(), queue.to_string().into());
-    vars.insert("id".into(), msg.id().to_string().into());
+    let parts = tern_types::QueueName::parse(queue);
+    let sender = msg.sender();
+    let mut common = serde_json::Map::new();
+    common.insert("meta".into(), serde_json::Value::Object(msg.meta()));
+    common.insert("queue".into(), queue.into());
+    common.insert("campaign".into(), parts.campaign.clone().into());
+    common.insert("tenant".into(), parts.tenant.clone().into());
+    common.insert("domain".into(), parts.domain.clone().into());
+    common.insert("routing_domain".into(), parts.routing_domain.clone().into());
+    common.insert("sender_local_part".into(), sender.user().to_string().into());
+    common.insert(
+        "sender_domain_part".into(),
+        sender.domain().to_string().into(),
+    );
+    common.insert("sender_email".into(), sender.to_string().into());
+    let per_recipient: Vec<serde_json::Map<String, serde_json::Value>> = msg
+        .recipients()
+        .iter()
+        .map(|rcpt| {
+            let mut vars = common.clone();
+            vars.insert("local_part".into(), rcpt.user().to_string().into());
+            vars.insert("domain_part".into(), rcpt.domain().to_string().into());
+            vars.insert("email".into(), rcpt.to_string().into());
+            vars
+        })
+        .collect();
     let proto = proto.clone();
     let data = msg.data();
-    let result =
-        tokio::task::spawn_blocking(move || tern_delivery::deliver_maildir(&proto, &vars, &data))
-            .await;
+    let result = tokio::task::spawn_blocking(move || {
+        per_recipient
+            .iter()
+            .map(|vars| tern_delivery::deliver_maildir(&proto, vars, &data))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await;
     let facts = AttemptFacts {
         delivery_protocol: Some("Maildir"),
         ..Default::default()
     };
-    match result {
-        Ok(Ok(path)) => {
-            let response = Response::new(250, None, format!("wrote to maildir {}", path.display()));
+    let failure = match result {
+        Ok(Ok(paths)) => {
+            let recipients: Vec<String> = msg.recipients().iter().map(|r| r.to_string()).collect();
+            let written: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            let response = Response::new(
+                200,
+                None,
+                format!(
+                    "{}: wrote to maildir with id={}, paths={}",
+                    recipients.join(", "),
+                    msg.id(),
+                    written.join(", ")
+                ),
+            );
             disposition::log(
                 mgr,
                 RecordType::Delivery,
@@ -606,14 +660,27 @@ pub async fn deliver_maildir(
             )
             .await;
             disposition::remove(mgr, &msg).await;
+            return;
         }
-        Ok(Err(err)) => {
-            let response = internal(451, "4.3.0", &format!("KumoMTA internal: maildir: {err}"));
-            disposition::transient(mgr, msg, queue, "", response, Some(&facts)).await;
-        }
-        Err(err) => {
-            let response = internal(451, "4.3.0", &format!("KumoMTA internal: maildir: {err}"));
-            disposition::transient(mgr, msg, queue, "", response, Some(&facts)).await;
-        }
-    }
+        Ok(Err(err)) => err.to_string(),
+        Err(err) => err.to_string(),
+    };
+    let response = internal(
+        451,
+        "4.3.0",
+        &format!("KumoMTA internal: maildir: {failure}"),
+    );
+    disposition::log(
+        mgr,
+        RecordType::TransientFailure,
+        &msg,
+        queue,
+        "",
+        response,
+        Some(&facts),
+    )
+    .await;
+    let mut how = Requeue::throttled("LoggedTransientFailure", Duration::from_secs(60));
+    how.logged = true;
+    disposition::requeue(mgr, msg, how, queue).await;
 }

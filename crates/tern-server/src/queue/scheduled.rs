@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tern_log::Response;
 use tern_message::Message;
 use tern_queue::config::{ConfigRefreshStrategy, DeliveryProtocol};
-use tern_queue::ready_name::{SMTP_CLIENT, mx_list_site_name, ready_queue_name};
+use tern_queue::ready_name::{SMTP_CLIENT, lua_label, mx_list_site_name, ready_queue_name};
 use tern_queue::{QueueConfig, TimerWheel, WeightedRoundRobin};
 use tern_types::{QueueName, SpoolId};
 use tokio::sync::Notify;
@@ -308,27 +308,25 @@ async fn promote(
         .get_meta_str("routing_domain")
         .unwrap_or_else(|| name.routing_domain_or_domain().to_string());
 
-    let smtp = match &config.protocol {
-        DeliveryProtocol::Smtp(smtp) => smtp,
+    let (target, site, label) = match &config.protocol {
         DeliveryProtocol::Maildir(maildir) => {
             ready::deliver_maildir(mgr, msg, &queue.name, maildir).await;
             return;
         }
-        other => {
-            let response = internal(
-                451,
-                "4.4.4",
-                &format!(
-                    "KumoMTA internal: delivery protocol {other:?} is not supported by Tern yet"
-                ),
-            );
-            disposition::transient(mgr, msg, &queue.name, "", response, None).await;
-            return;
-        }
-    };
-
-    let (target, site) = if smtp.mx_list.is_empty() {
-        match mgr.dns.current().lookup_mx(&routing_domain).await {
+        DeliveryProtocol::CustomLua(lua) => (
+            Target::Lua {
+                protocol: lua.clone(),
+                queue: queue.name.clone(),
+            },
+            routing_domain.clone(),
+            lua_label(&lua.constructor),
+        ),
+        DeliveryProtocol::Smtp(smtp) if !smtp.mx_list.is_empty() => (
+            Target::MxList(smtp.mx_list.clone()),
+            mx_list_site_name(&smtp.mx_list),
+            SMTP_CLIENT.to_string(),
+        ),
+        DeliveryProtocol::Smtp(_) => match mgr.dns.current().lookup_mx(&routing_domain).await {
             Ok(mx) if mx.is_null_mx() => {
                 let response = internal(556, "5.1.10", "Recipient address has a null MX");
                 disposition::bounce(mgr, msg, &queue.name, "", response, None).await;
@@ -336,7 +334,7 @@ async fn promote(
             }
             Ok(mx) => {
                 let site = mx.site_name.clone();
-                (Target::Mx(mx), site)
+                (Target::Mx(mx), site, SMTP_CLIENT.to_string())
             }
             Err(err) => {
                 let response = internal(
@@ -350,12 +348,18 @@ async fn promote(
                 disposition::transient(mgr, msg, &queue.name, "", response, None).await;
                 return;
             }
+        },
+        other => {
+            let response = internal(
+                451,
+                "4.4.4",
+                &format!(
+                    "KumoMTA internal: delivery protocol {other:?} is not supported by Tern yet"
+                ),
+            );
+            disposition::transient(mgr, msg, &queue.name, "", response, None).await;
+            return;
         }
-    } else {
-        (
-            Target::MxList(smtp.mx_list.clone()),
-            mx_list_site_name(&smtp.mx_list),
-        )
     };
 
     let pool = match policy::egress_pool(mgr, config.egress_pool_name()).await {
@@ -368,7 +372,7 @@ async fn promote(
     };
     let mut readies = Vec::with_capacity(pool.sources.len());
     for source in &pool.sources {
-        let name = ready_queue_name(&source.name, &site, SMTP_CLIENT);
+        let name = ready_queue_name(&source.name, &site, &label);
         match ready::get_or_create(
             mgr,
             &name,
