@@ -13,8 +13,10 @@
 //! Modules: [`message`] (the core type), [`headers`] (byte-level header
 //! block parsing and editing), [`edit`] (the header API on `Message`),
 //! [`address`] (parsed address headers), [`mime`] (MIME walker, text
-//! appends, conformance checks and fixes), [`scheduling`] (validation of
-//! `set_scheduling` values).
+//! appends, conformance checks and fixes), [`mimepart`] (an owned, editable
+//! MIME tree: parsing, building, decoded bodies) and [`mimepart_lua`] (the
+//! `kumo.mimepart` module and `msg:parse_mime()` objects), [`scheduling`]
+//! (validation of `set_scheduling` values).
 
 pub mod address;
 pub mod edit;
@@ -22,10 +24,14 @@ pub mod headers;
 pub mod lua;
 pub mod message;
 pub mod mime;
+pub mod mimepart;
+pub mod mimepart_lua;
 pub mod scheduling;
 
 pub use address::{AddressHeader, Mailbox};
 pub use edit::{ImportHeaderSpec, ImportMatch, KeyTransform};
 pub use lua::{LuaAddressHeader, LuaEnvelopeAddress, LuaMailbox, json_to_lua, lua_to_json};
 pub use message::{Message, MessageState};
+pub use mimepart::MimePart;
+pub use mimepart_lua::LuaMimePart;
 pub use scheduling::Scheduling;

@@ -40,7 +40,6 @@ pub const UNSUPPORTED_METHODS: &[&str] = &[
     "arc_verify",
     "arc_seal",
     "add_authentication_results",
-    "parse_mime",
     "parse_rfc3464",
     "parse_rfc5965",
     "save",
@@ -405,6 +404,11 @@ impl UserData for Message {
         });
 
         // --- body editing ---
+        methods.add_method("parse_mime", |_, this, ()| {
+            Ok(crate::mimepart_lua::LuaMimePart::new(
+                crate::mimepart::MimePart::parse(this.data()),
+            ))
+        });
         methods.add_method("append_text_plain", |_, this, text: String| {
             this.append_text_plain(&text).map_err(runtime_error)
         });

@@ -114,7 +114,7 @@ impl ContentType {
 }
 
 /// Split at `;` outside double quotes.
-fn split_params(value: &str) -> Vec<&str> {
+pub(crate) fn split_params(value: &str) -> Vec<&str> {
     let mut pieces = Vec::new();
     let mut start = 0;
     let mut quoted = false;
@@ -256,7 +256,7 @@ impl Part {
     }
 }
 
-fn base64_engine() -> base64::engine::GeneralPurpose {
+pub(crate) fn base64_engine() -> base64::engine::GeneralPurpose {
     base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         base64::engine::GeneralPurposeConfig::new()
@@ -351,7 +351,7 @@ pub fn base64_encode_wrapped(input: &[u8], eol: &str) -> Vec<u8> {
 }
 
 /// Convert every line ending to `eol`.
-fn normalise_line_endings(input: &[u8], eol: &str) -> Vec<u8> {
+pub(crate) fn normalise_line_endings(input: &[u8], eol: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len() + input.len() / 20);
     let mut idx = 0;
     while idx < input.len() {
@@ -370,7 +370,7 @@ fn normalise_line_endings(input: &[u8], eol: &str) -> Vec<u8> {
     out
 }
 
-fn has_long_line(body: &[u8]) -> bool {
+pub(crate) fn has_long_line(body: &[u8]) -> bool {
     body.split(|b| *b == b'\n')
         .any(|line| line.strip_suffix(b"\r").unwrap_or(line).len() > MAX_LINE_LENGTH)
 }
