@@ -16,7 +16,8 @@
 //! appends, conformance checks and fixes), [`mimepart`] (an owned, editable
 //! MIME tree: parsing, building, decoded bodies) and [`mimepart_lua`] (the
 //! `kumo.mimepart` module and `msg:parse_mime()` objects), [`scheduling`]
-//! (validation of `set_scheduling` values).
+//! (validation of `set_scheduling` values), [`report`] (RFC 3464 delivery
+//! status parsing for `msg:parse_rfc3464()`).
 
 pub mod address;
 pub mod edit;
@@ -26,6 +27,7 @@ pub mod message;
 pub mod mime;
 pub mod mimepart;
 pub mod mimepart_lua;
+pub mod report;
 pub mod scheduling;
 
 pub use address::{AddressHeader, Mailbox};

@@ -40,7 +40,6 @@ pub const UNSUPPORTED_METHODS: &[&str] = &[
     "arc_verify",
     "arc_seal",
     "add_authentication_results",
-    "parse_rfc3464",
     "parse_rfc5965",
     "save",
 ];
@@ -404,6 +403,19 @@ impl UserData for Message {
         });
 
         // --- body editing ---
+        methods.add_method(
+            "parse_rfc3464",
+            |lua, this, ()| match crate::report::parse_rfc3464(this.data())
+                .map_err(runtime_error)?
+            {
+                Some(report) => {
+                    let json = serde_json::to_value(&report)
+                        .map_err(|err| runtime_error(err.to_string()))?;
+                    json_to_lua(lua, &json)
+                }
+                None => Ok(LuaValue::Nil),
+            },
+        );
         methods.add_method("parse_mime", |_, this, ()| {
             Ok(crate::mimepart_lua::LuaMimePart::new(
                 crate::mimepart::MimePart::parse(this.data()),
@@ -735,6 +747,38 @@ mod tests {
         );
         assert_ne!(msg.data(), before);
         assert!(msg.data().ends_with(b"\r\n\r\nChanged\r\n"));
+    }
+
+    #[test]
+    fn parse_rfc3464_from_lua() {
+        let (lua, msg) = setup();
+        run(&lua, "assert(msg:parse_rfc3464() == nil)");
+        msg.set_data(Bytes::from_static(
+            b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nfailed\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com\r\n\r\nFinal-Recipient: rfc822; a@example.net\r\nAction: Failed\r\nStatus: 5.1.1 (no such user)\r\nRemote-MTA: dns; mx.example.net\r\nDiagnostic-Code: smtp; 550 5.1.1 unknown\r\n\r\nFinal-Recipient: rfc822; b@example.net\r\nAction: delayed\r\nStatus: 4.4.1\r\n\r\n--b--\r\n",
+        ));
+        run(
+            &lua,
+            r#"
+            local report = msg:parse_rfc3464()
+            assert(report.per_message.reporting_mta.name == 'mx.example.com')
+            assert(#report.per_recipient == 2)
+            local first = report.per_recipient[1]
+            assert(first.action == 'failed' and first.status.class == 5 and first.status.detail == 1)
+            assert(first.final_recipient.recipient_type == 'rfc822' and first.final_recipient.recipient == 'a@example.net')
+            assert(first.remote_mta.name == 'mx.example.net')
+            assert(first.diagnostic_code.diagnostic == '550 5.1.1 unknown')
+            assert(first.original_recipient == nil)
+            assert(report.per_recipient[2].status.class == 4)
+            "#,
+        );
+        msg.set_data(Bytes::from_static(
+            b"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x\r\n\r\nAction: failed\r\n",
+        ));
+        let err = lua.load("msg:parse_rfc3464()").exec().unwrap_err();
+        assert!(
+            err.to_string().contains("malformed RFC 3464 report"),
+            "{err}"
+        );
     }
 
     /// Every message method of the spec (§5.1) exists: it either works

@@ -72,11 +72,13 @@ impl Header {
     /// line breaks, each followed by whitespace).
     pub fn new_raw(name: &str, raw_value: &str, eol: &str) -> Result<Self, String> {
         validate_name(name)?;
-        let mut lines = raw_value.split('\n');
-        lines.next();
-        if raw_value.contains('\r') && !raw_value.contains("\r\n")
-            || lines.any(|line| !line.starts_with([' ', '\t']))
-        {
+        let bytes = raw_value.as_bytes();
+        let breaks_out = bytes.iter().enumerate().any(|(idx, &byte)| match byte {
+            b'\r' => bytes.get(idx + 1) != Some(&b'\n'),
+            b'\n' => !matches!(bytes.get(idx + 1), Some(b' ' | b'\t')),
+            _ => false,
+        });
+        if breaks_out {
             return Err(format!(
                 "invalid header: the value of {name} contains a line break that does not continue the header"
             ));
@@ -1591,6 +1593,8 @@ mod tests {
     #[test]
     fn header_values_cannot_inject_lines() {
         assert!(Header::new_raw("X", "a\r\nBcc: evil@x.com", "\r\n").is_err());
+        assert!(Header::new_raw("X", "a\rBcc: evil@x.com\r\n\tb", "\r\n").is_err());
+        assert!(Header::new_raw("X", "a\r\n", "\r\n").is_err());
         assert!(Header::new_raw("X", "a\r\n\tcontinued", "\r\n").is_ok());
         assert!(Header::new_raw("Bad Name", "x", "\r\n").is_err());
         let h = Header::new_encoded("X", "a\r\nBcc: evil", "\r\n").unwrap();
