@@ -137,12 +137,16 @@ impl LogConfig {
                 range.end()
             )));
         }
-        match self.log_dir_timezone.as_deref() {
-            None | Some("UTC") => {}
-            Some(other) => {
-                return Err(ConfigError::Value(format!(
-                    "log_dir_timezone = '{other}' is not supported by Tern yet (only 'UTC')"
-                )));
+        let zones = std::iter::once(&self.log_dir_timezone)
+            .chain(self.per_record.values().map(|p| &p.log_dir_timezone));
+        for zone in zones {
+            match zone.as_deref() {
+                None | Some("UTC") => {}
+                Some(other) => {
+                    return Err(ConfigError::Value(format!(
+                        "log_dir_timezone = '{other}' is not supported by Tern yet (only 'UTC')"
+                    )));
+                }
             }
         }
         let mut dirs = vec![&self.log_dir];
@@ -247,6 +251,10 @@ pub struct PerRecordConfig {
     /// Text written at the start of every new segment (e.g. a CSV header).
     #[serde(default)]
     pub segment_header: String,
+    /// Time zone for `strftime` expansion of this type's `log_dir`; like
+    /// the global key, only `"UTC"` is accepted.
+    #[serde(default)]
+    pub log_dir_timezone: Option<String>,
 }
 
 impl Default for PerRecordConfig {
@@ -257,6 +265,7 @@ impl Default for PerRecordConfig {
             log_dir: None,
             template: None,
             segment_header: String::new(),
+            log_dir_timezone: None,
         }
     }
 }
@@ -393,11 +402,17 @@ fn name_matches(pattern: &str, name: &str, ignore_case: bool) -> bool {
 /// The subset of a message's meta that `config.meta` selects
 /// (case-sensitive; a trailing `*` is a prefix wildcard).
 pub fn capture_meta(config: &LogConfig, meta: &Map<String, Value>) -> Map<String, Value> {
+    capture_meta_matching(&config.meta, meta)
+}
+
+/// [`capture_meta`] with an explicit pattern list (log hooks have their
+/// own `meta` list).
+pub fn capture_meta_matching(patterns: &[String], meta: &Map<String, Value>) -> Map<String, Value> {
     let mut captured = Map::new();
-    if config.meta.is_empty() {
+    if patterns.is_empty() {
         return captured;
     }
-    for pattern in &config.meta {
+    for pattern in patterns {
         if pattern.ends_with('*') {
             for (key, value) in meta {
                 if name_matches(pattern, key, false) && !captured.contains_key(key) {
@@ -421,13 +436,21 @@ pub fn capture_headers<'a>(
     config: &LogConfig,
     headers: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> Map<String, Value> {
+    capture_headers_matching(&config.headers, headers)
+}
+
+/// [`capture_headers`] with an explicit pattern list (log hooks have their
+/// own `headers` list).
+pub fn capture_headers_matching<'a>(
+    patterns: &[String],
+    headers: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Map<String, Value> {
     let mut captured = Map::new();
-    if config.headers.is_empty() {
+    if patterns.is_empty() {
         return captured;
     }
     for (name, value) in headers {
-        if !config
-            .headers
+        if !patterns
             .iter()
             .any(|pattern| name_matches(pattern, name, true))
         {
@@ -532,6 +555,17 @@ mod tests {
         assert_eq!(config.min_free_space, FreeSpaceLimit::Absolute(1_000_000));
         assert_eq!(config.min_free_inodes, FreeSpaceLimit::Percent(5.0));
         assert_eq!(config.filter_event.as_deref(), Some("should_log"));
+        let utc = LogConfig::from_json(json!({
+            "log_dir": "/x",
+            "per_record": {"Bounce": {"log_dir_timezone": "UTC"}}
+        }))
+        .unwrap();
+        assert_eq!(
+            utc.record_settings(RecordType::Bounce)
+                .log_dir_timezone
+                .as_deref(),
+            Some("UTC")
+        );
     }
 
     #[test]
@@ -555,6 +589,10 @@ mod tests {
                 "not supported by Tern yet",
             ),
             (json!({"log_dir": "/x/%Y"}), "not supported by Tern yet"),
+            (
+                json!({"log_dir": "/x", "per_record": {"Bounce": {"log_dir_timezone": "Local"}}}),
+                "log_dir_timezone = 'Local' is not supported by Tern yet",
+            ),
         ] {
             let err = LogConfig::from_json(table.clone()).unwrap_err().to_string();
             assert!(err.contains(needle), "{table}: {err}");

@@ -19,8 +19,8 @@
 //! the records of that last fraction of a second.
 
 use crate::config::{ConfigError, LogConfig};
+use crate::format::{RecordFormatter, TemplateError};
 use crate::record::{LogRecord, RecordType};
-use serde::Serialize;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -44,12 +44,8 @@ const BATCH: usize = 512;
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("log template for {kind} does not compile: {source}")]
-    Template {
-        kind: String,
-        #[source]
-        source: minijinja::Error,
-    },
+    #[error(transparent)]
+    Template(#[from] TemplateError),
     #[error("cannot prepare log directory {}: {source}", path.display())]
     Dir {
         path: PathBuf,
@@ -250,7 +246,6 @@ enum Route {
     Disabled,
     Enabled {
         destination: usize,
-        template: bool,
         segment_header: String,
     },
 }
@@ -336,29 +331,20 @@ impl Segment {
     }
 }
 
-/// The template context: the record's fields as top-level variables plus
-/// `log_record` holding the whole record.
-#[derive(Serialize)]
-struct TemplateContext<'a> {
-    #[serde(flatten)]
-    fields: &'a LogRecord,
-    log_record: &'a LogRecord,
-}
-
 /// State owned by the writer thread.
 struct Writer {
     config: Arc<LogConfig>,
     level: i32,
     routes: Vec<Route>,
     destinations: Vec<Destination>,
-    templates: minijinja::Environment<'static>,
+    formatter: RecordFormatter,
     line: Vec<u8>,
     dropped_too_large: u64,
 }
 
 impl Writer {
     fn new(config: Arc<LogConfig>) -> Result<Writer, StartError> {
-        let mut templates = minijinja::Environment::new();
+        let formatter = RecordFormatter::new(|kind| config.record_settings(kind))?;
         let mut destinations: Vec<Destination> = Vec::new();
         let mut routes = Vec::with_capacity(RecordType::ALL.len());
         for kind in RecordType::ALL {
@@ -383,21 +369,8 @@ impl Writer {
                     destinations.len() - 1
                 }
             };
-            let template = match settings.template {
-                Some(source) => {
-                    templates
-                        .add_template_owned(kind.as_str(), source)
-                        .map_err(|source| StartError::Template {
-                            kind: kind.to_string(),
-                            source,
-                        })?;
-                    true
-                }
-                None => false,
-            };
             routes.push(Route::Enabled {
                 destination,
-                template,
                 segment_header: settings.segment_header,
             });
         }
@@ -406,7 +379,7 @@ impl Writer {
             config,
             routes,
             destinations,
-            templates,
+            formatter,
             line: Vec::with_capacity(4096),
             dropped_too_large: 0,
         })
@@ -507,38 +480,21 @@ impl Writer {
     fn write_record(&mut self, record: &LogRecord) {
         let Route::Enabled {
             destination,
-            template,
             segment_header,
         } = &self.routes[record.kind as usize]
         else {
             return;
         };
         self.line.clear();
-        if *template {
-            let context = TemplateContext {
-                fields: record,
-                log_record: record,
-            };
-            let rendered = self
-                .templates
-                .get_template(record.kind.as_str())
-                .and_then(|t| t.render_captured_to(&context, &mut self.line));
-            if let Err(err) = rendered {
-                tracing::error!(
-                    "log template for {} failed, record {} dropped: {err:#}",
-                    record.kind,
-                    record.id.map(|id| id.to_string()).unwrap_or_default()
-                );
-                return;
-            }
-            if self.line.last() != Some(&b'\n') {
-                self.line.push(b'\n');
-            }
-        } else {
-            if let Err(err) = record.write_json(&mut self.line) {
-                tracing::error!("log record {} not serialisable: {err}", record.kind);
-                return;
-            }
+        if let Err(err) = self.formatter.format(record, &mut self.line) {
+            tracing::error!(
+                "{err}; record {} dropped",
+                record.id.map(|id| id.to_string()).unwrap_or_default()
+            );
+            return;
+        }
+        // JSON never ends in a line break; a template may already have one.
+        if self.line.last() != Some(&b'\n') {
             self.line.push(b'\n');
         }
         if self.line.len() >= self.config.max_record_size {
