@@ -179,6 +179,7 @@ fn registrars(
         Arc::new(crate::listener_domain::ListenerDomainRegistrar),
         Arc::new(tern_dns::DnsRegistrar::new(dns.clone())),
         Arc::new(tern_queue::lua::QueueLuaRegistrar),
+        Arc::new(tern_message::mimepart_lua::register),
         Arc::new(tern_dkim::DkimRegistrar::new(Arc::new(
             tern_dkim::SignerCache::default(),
         ))),

@@ -203,6 +203,32 @@ fn script_mode_runs_main_with_arguments() {
 }
 
 #[test]
+fn kumo_mimepart_is_installed_in_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("script.lua");
+    std::fs::write(
+        &policy,
+        r#"local kumo = require 'kumo'
+kumo.on('main', function()
+  local p = kumo.mimepart.parse("Subject: hello mime\r\nContent-Type: text/plain\r\n\r\nbody text\r\n")
+  print(p.headers:subject() .. '|' .. p.body)
+end)
+"#,
+    )
+    .unwrap();
+    let out = run_tern(&["serve", "--script", "--policy", policy.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello mime|body text"
+    );
+}
+
+#[test]
 fn help_explains_every_command() {
     let out = run_tern(&["--help"]);
     let text = String::from_utf8_lossy(&out.stdout);
