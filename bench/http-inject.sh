@@ -54,8 +54,8 @@ run_case() {
     cat > "$dir/init.lua" <<LUA
 local kumo = require 'kumo'
 kumo.on('init', function()
-  kumo.define_spool { name = 'data', path = '$dir/spool/data', kind = '$kind' }
-  kumo.define_spool { name = 'meta', path = '$dir/spool/meta', kind = '$kind' }
+  kumo.define_spool { name = 'data', path = '$dir/spool/data', kind = '$kind', min_free_space = '1%' }
+  kumo.define_spool { name = 'meta', path = '$dir/spool/meta', kind = '$kind', min_free_space = '1%' }
   kumo.start_http_listener { listen = '127.0.0.1:0', request_body_limit = 64 * 1024 * 1024 }
 end)
 $hook

@@ -16,8 +16,11 @@ fn policy(extra_init: &str, hooks: &str) -> String {
     format!(
         r#"local kumo = require 'kumo'
 kumo.on('init', function()
-  kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data', kind = 'LocalDisk' }}
-  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta', kind = 'LocalDisk' }}
+  -- A low free-space floor: these tests run on shared, busy disks.
+  kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data', kind = 'LocalDisk',
+    min_free_space = '1%' }}
+  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta', kind = 'LocalDisk',
+    min_free_space = '1%' }}
   kumo.configure_local_logs {{ log_dir = '{{dir}}/logs',
     meta = {{ 'http_auth', 'reception_protocol', 'received_from', 'extra', 'hostname' }} }}
   kumo.start_http_listener {{ listen = '127.0.0.1:0', hostname = 'inject.test',
@@ -755,4 +758,32 @@ fn dump_openapi_spec_prints_the_description() {
             .unwrap()
             .contains(&json!("recipients"))
     );
+}
+
+#[test]
+fn a_full_disk_makes_liveness_and_injection_answer_503() {
+    let policy = policy("", "").replace("min_free_space = '1%'", "min_free_space = '100%'");
+    let server = Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
+    // Spool startup finishes right after initialization; wait for it to
+    // stop being the reason.
+    let mut last = (0, String::new());
+    for _ in 0..200 {
+        last = server.http("GET", "/api/check-liveness/v1", None).unwrap();
+        if last.1 != "waiting for spool startup" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(last, (503, "disk is too full".to_string()));
+    let request = json!({
+        "envelope_sender": "s@example.com",
+        "content": "Subject: x\n\ny\n",
+        "recipients": [{"email": "r@example.com"}]
+    });
+    let (code, body) = inject(server.listener("http"), &request.to_string(), &[]);
+    assert_eq!(code, 503);
+    assert_eq!(json_body(&body)["error"], "disk is too full");
 }
