@@ -2,6 +2,9 @@
 //! relay re-check, the per-message free-space check and the pre-banner
 //! refusal of the ESMTP listener, against the real server with real
 //! clients (Python's smtplib, swaks, raw sockets).
+//!
+//! The spools use `min_free_space = '1%'`: shared build machines often
+//! have less than the default 10% free, which would refuse every session.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,8 +20,8 @@ fn auth_policy(extra_listener: &str, extra_policy: &str) -> String {
     format!(
         r#"local kumo = require 'kumo'
 kumo.on('init', function()
-  kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data' }}
-  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta' }}
+  kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data', min_free_space = '1%' }}
+  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta', min_free_space = '1%' }}
   kumo.configure_local_logs {{ log_dir = '{{dir}}/logs', meta = {{ 'authn_id', 'authz_id', 'x_identities' }} }}
   kumo.start_esmtp_listener {{ listen = '127.0.0.1:0', hostname = 'mx.test', relay_hosts = {{}} {extra_listener} }}
 end)
@@ -306,8 +309,8 @@ fn address_policy(extra_listener: &str) -> String {
     format!(
         r#"local kumo = require 'kumo'
 kumo.on('init', function()
-  kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data' }}
-  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta' }}
+  kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data', min_free_space = '1%' }}
+  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta', min_free_space = '1%' }}
   kumo.start_esmtp_listener {{ listen = '127.0.0.1:0', hostname = 'mx.test' {extra_listener} }}
 end)
 kumo.on('smtp_server_get_dynamic_parameters', function(listener, conn_meta)
@@ -561,7 +564,7 @@ fn disk_filling_up_mid_session_refuses_the_next_message_only() {
         r#"local kumo = require 'kumo'
 kumo.on('init', function()
   kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data', min_free_space = {min_free} }}
-  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta' }}
+  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta', min_free_space = '1%' }}
   kumo.start_esmtp_listener {{ listen = '127.0.0.1:0', hostname = 'mx.test' }}
 end)
 "#
@@ -634,8 +637,8 @@ end)
 fn relaying_is_decided_again_for_each_message() {
     let policy = r#"local kumo = require 'kumo'
 kumo.on('init', function()
-  kumo.define_spool { name = 'data', path = '{dir}/spool/data' }
-  kumo.define_spool { name = 'meta', path = '{dir}/spool/meta' }
+  kumo.define_spool { name = 'data', path = '{dir}/spool/data', min_free_space = '1%' }
+  kumo.define_spool { name = 'meta', path = '{dir}/spool/meta', min_free_space = '1%' }
   kumo.configure_local_logs { log_dir = '{dir}/logs' }
   kumo.start_esmtp_listener { listen = '127.0.0.1:0', hostname = 'mx.test', relay_hosts = {} }
 end)
@@ -717,8 +720,8 @@ end)
 fn connection_accepted_rejection_is_sent_before_closing() {
     let policy = r#"local kumo = require 'kumo'
 kumo.on('init', function()
-  kumo.define_spool { name = 'data', path = '{dir}/spool/data' }
-  kumo.define_spool { name = 'meta', path = '{dir}/spool/meta' }
+  kumo.define_spool { name = 'data', path = '{dir}/spool/data', min_free_space = '1%' }
+  kumo.define_spool { name = 'meta', path = '{dir}/spool/meta', min_free_space = '1%' }
   kumo.start_esmtp_listener { listen = '127.0.0.1:0', hostname = 'mx.test' }
 end)
 kumo.on('smtp_server_connection_accepted', function(conn_meta)
