@@ -121,6 +121,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     let _ = reception
         .queues
         .set(Arc::new(crate::queue::ManagerSink(queues.clone())));
+    let _ = queues
+        .generator
+        .set(Arc::new(HttpGenerator(Arc::downgrade(&state))));
     let recovered = crate::queue::recovery::recover(&queues)
         .await
         .map_err(|err| anyhow::anyhow!("spool recovery aborted: {err}"))?;
@@ -290,5 +293,27 @@ async fn wait_for_signal(signals: Signals) {
         _ = term.recv() => tracing::info!("received SIGTERM"),
         _ = int.recv() => tracing::info!("received SIGINT"),
         _ = hup.recv() => tracing::info!("received SIGHUP (Tern, like KumoMTA, shuts down on SIGHUP)"),
+    }
+}
+
+/// Deferred HTTP generation for the queue layer, through the HTTP module.
+struct HttpGenerator(std::sync::Weak<ServerState>);
+
+impl crate::queue::DeferredGenerator for HttpGenerator {
+    fn expand<'a>(
+        &'a self,
+        request: &'a tern_message::Message,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let state = self.0.upgrade().ok_or("the server is shutting down")?;
+            let response = crate::http::inject::expand_deferred(&state, request)
+                .await
+                .map_err(|err| err.to_string())?;
+            Ok(format!(
+                "generated {} messages ({} failed)",
+                response.success_count, response.fail_count
+            ))
+        })
     }
 }

@@ -489,3 +489,74 @@ end)
             .all(|r| r["response"]["content"] == "batch of 3")
     );
 }
+
+#[test]
+fn http_injection_immediate_and_deferred_generation_are_delivered() {
+    let sink = TestSink::start(SinkConfig::default());
+    let mut policy = relay_policy(sink.port(), "", "");
+    policy = policy.replace(
+        "kumo.start_esmtp_listener",
+        "kumo.start_http_listener { listen = '127.0.0.1:0' }\n  kumo.start_esmtp_listener",
+    );
+    let server = Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
+    let request = |deferred: bool, tag: &str| {
+        serde_json::json!({
+            "envelope_sender": "s@example.com",
+            "recipients": [
+                { "email": format!("a-{tag}@example.com"), "substitutions": { "name": "A" } },
+                { "email": format!("b-{tag}@example.com"), "substitutions": { "name": "B" } },
+            ],
+            "content": {
+                "subject": "hello {{ name }}",
+                "text_body": "Dear {{ name }}",
+                "from": { "email": "s@example.com" },
+            },
+            "deferred_generation": deferred,
+        })
+        .to_string()
+    };
+    for (deferred, tag) in [(false, "now"), (true, "later")] {
+        let (status, body) = tern_testkit::http_request(
+            server.listener("http"),
+            "POST",
+            "/api/inject/v1",
+            &[("Content-Type", "application/json")],
+            Some(&request(deferred, tag)),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let logs = server.dir().join("logs");
+    let seen = wait_for_records(&logs, Duration::from_secs(30), |r| {
+        of_type(r, "Delivery")
+            .iter()
+            .filter(|d| d["delivery_protocol"] == "ESMTP")
+            .count()
+            >= 4
+    });
+    let mut delivered: Vec<&str> = of_type(&seen, "Delivery")
+        .iter()
+        .filter(|d| d["delivery_protocol"] == "ESMTP")
+        .map(|d| d["recipient"].as_str().unwrap())
+        .collect();
+    delivered.sort_unstable();
+    assert_eq!(
+        delivered,
+        [
+            "a-later@example.com",
+            "a-now@example.com",
+            "b-later@example.com",
+            "b-now@example.com"
+        ]
+    );
+    // The stored request itself was consumed by the generator.
+    let generator: Vec<_> = of_type(&seen, "Delivery")
+        .into_iter()
+        .filter(|d| d["queue"] == "generator.kumomta.internal")
+        .collect();
+    assert_eq!(generator.len(), 1, "{seen:#?}");
+    assert_eq!(sink.stats().messages, 4);
+}

@@ -40,7 +40,9 @@ pub mod scheduled;
 use crate::reception::{QueueSink, Reception};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use tern_dns::DnsHandle;
 use tern_message::Message;
 use tern_policy::PolicyEngine;
@@ -49,6 +51,20 @@ use tokio::sync::watch;
 
 pub use ready::ReadyQueue;
 pub use scheduled::ScheduledQueue;
+
+/// The queue of stored `deferred_generation` injection requests (§4.5).
+pub const GENERATOR_QUEUE: &str = "generator.kumomta.internal";
+
+/// Expands a stored `deferred_generation` request into its messages. The
+/// HTTP layer implements it; the queue layer only knows this trait.
+pub trait DeferredGenerator: Send + Sync {
+    /// `Ok(summary)`: the request is done (its messages are accepted);
+    /// `Err`: nothing was kept, retry later.
+    fn expand<'a>(
+        &'a self,
+        request: &'a Message,
+    ) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
+}
 
 /// Everything the queue layer shares; one per process.
 pub struct QueueManager {
@@ -62,6 +78,8 @@ pub struct QueueManager {
     pub(crate) throttles: ThrottleRegistry,
     pub(crate) connections: ConnectionLimiter,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Set once at startup when the HTTP layer is present.
+    pub generator: OnceLock<Arc<dyn DeferredGenerator>>,
 }
 
 impl QueueManager {
@@ -83,6 +101,7 @@ impl QueueManager {
             throttles: ThrottleRegistry::new(),
             connections: ConnectionLimiter::new(),
             shutdown,
+            generator: OnceLock::new(),
         })
     }
 

@@ -303,6 +303,10 @@ async fn promote(
             return;
         }
     };
+    if queue.name == super::GENERATOR_QUEUE {
+        generate(mgr, &queue.name, msg).await;
+        return;
+    }
     let name = QueueName::parse(&queue.name);
     let routing_domain = msg
         .get_meta_str("routing_domain")
@@ -432,4 +436,39 @@ async fn promote(
 /// A response made up by Tern (no SMTP command behind it).
 pub fn internal(code: u16, enhanced: &str, text: &str) -> Response {
     Response::new(code, tern_log::EnhancedCode::parse(enhanced), text)
+}
+
+/// A stored `deferred_generation` request is due: expand it into its
+/// messages (which take the normal path) and remove it.
+async fn generate(mgr: &Arc<QueueManager>, queue: &str, msg: Message) {
+    let site = "httpinject:generator";
+    let Some(generator) = mgr.generator.get() else {
+        let response = internal(
+            451,
+            "4.4.4",
+            "KumoMTA internal: no HTTP injection layer to expand deferred requests",
+        );
+        disposition::transient(mgr, msg, queue, site, response, None).await;
+        return;
+    };
+    match generator.expand(&msg).await {
+        Ok(summary) => {
+            let response = Response::new(250, None, summary);
+            disposition::log(
+                mgr,
+                tern_log::RecordType::Delivery,
+                &msg,
+                queue,
+                site,
+                response,
+                None,
+            )
+            .await;
+            disposition::remove(mgr, &msg).await;
+        }
+        Err(err) => {
+            let response = internal(451, "4.4.4", &format!("KumoMTA internal: {err}"));
+            disposition::transient(mgr, msg, queue, site, response, None).await;
+        }
+    }
 }
