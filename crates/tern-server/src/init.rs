@@ -23,6 +23,7 @@ pub struct InitConfig {
     pub esmtp_listeners: Vec<ListenerConfig>,
     pub http_listeners: Vec<HttpListenerParams>,
     pub log_configs: Vec<LogConfig>,
+    pub log_hooks: Vec<tern_log::LogHookConfig>,
 }
 
 #[derive(Clone, Default)]
@@ -117,6 +118,18 @@ impl LuaRegistrar for InitRecorder {
         // Tern runs every component on one shared tokio runtime, so the
         // per-pool thread counts of upstream have nothing to size. They are
         // accepted (policies call them in pre_init) and said to be ignored.
+        let rec = self.clone();
+        kumo.raw_set(
+            "configure_log_hook",
+            lua.create_function(move |lua, params: Value| {
+                require_init(lua, "kumo.configure_log_hook")?;
+                let json = table_json(lua, params, "kumo.configure_log_hook")?;
+                let parsed = tern_log::LogHookConfig::from_json(json)
+                    .map_err(|e| mlua::Error::runtime(format!("kumo.configure_log_hook: {e}")))?;
+                rec.with(|cfg| cfg.log_hooks.push(parsed));
+                Ok(())
+            })?,
+        )?;
         for name in [
             "set_smtpsrv_threads",
             "set_httpinject_threads",

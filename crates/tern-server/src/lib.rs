@@ -19,6 +19,7 @@ pub mod esmtp;
 pub mod http;
 pub mod init;
 pub mod listener_domain;
+pub mod log_hooks;
 pub mod nodeid;
 pub mod options;
 pub mod privileges;

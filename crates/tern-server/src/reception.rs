@@ -7,7 +7,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use tern_log::{LogRecord, Logger, MessageInfo};
+use tern_log::{
+    FilterDecisions, HookMessage, LogHook, LogRecord, Logger, MessageInfo, RecordFilter,
+};
 use tern_message::Message;
 use tern_spool::Spool;
 
@@ -46,6 +48,18 @@ pub struct Reception {
     pub spooled: AtomicU64,
     /// Set once the queue layer is running (before ingress opens).
     pub queues: OnceLock<Arc<dyn QueueSink>>,
+    /// Runs `filter_event` for loggers that name one.
+    pub filter: OnceLock<Arc<dyn RecordFilter<Message>>>,
+    /// `kumo.configure_log_hook` hooks, and where their messages go
+    /// (a bounded channel: its capacity is the hook's `back_pressure`).
+    pub hooks: Vec<HookSlot>,
+}
+
+/// One log hook and the channel to the task that turns its records into
+/// messages.
+pub struct HookSlot {
+    pub hook: Arc<LogHook>,
+    pub tx: tokio::sync::mpsc::Sender<HookMessage>,
 }
 
 impl Reception {
@@ -124,10 +138,45 @@ impl Reception {
         Ok(())
     }
 
+    /// A record that is not about a stored message (e.g. a Rejection).
     pub async fn log(&self, record: LogRecord) {
         for logger in self.loggers.iter() {
             if logger.is_enabled(record.kind) {
                 let _ = logger.submit(record.clone()).await;
+            }
+        }
+        self.feed_hooks(&record, None).await;
+    }
+
+    /// Give `record` to every log hook that wants it, with the hook's own
+    /// meta and header captures. Waits when a hook's queue is full
+    /// (`back_pressure`).
+    async fn feed_hooks(&self, record: &LogRecord, msg: Option<&Message>) {
+        for slot in &self.hooks {
+            if !slot.hook.wants(record) {
+                continue;
+            }
+            let mut copy = record.clone();
+            if let Some(msg) = msg {
+                if !slot.hook.config().meta.is_empty() {
+                    copy = copy.with_meta(slot.hook.capture_meta(&msg.meta()));
+                }
+                if !slot.hook.config().headers.is_empty() {
+                    let headers = msg.get_all_headers();
+                    copy = copy
+                        .with_headers(slot.hook.capture_headers(
+                            headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+                        ));
+                }
+            }
+            match slot.hook.message_for(&copy) {
+                Ok(Some(message)) => {
+                    if slot.tx.send(message).await.is_err() {
+                        tracing::error!("log hook {} is not running", slot.hook.name());
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => tracing::error!("log hook {}: {err}", slot.hook.name()),
             }
         }
     }
@@ -169,11 +218,20 @@ impl Reception {
     pub async fn log_for_message(&self, record: LogRecord, msg: &Message) {
         let mut meta = None;
         let mut headers = None;
+        let mut decisions = FilterDecisions::default();
         for logger in self.loggers.iter() {
             if !logger.is_enabled(record.kind) {
                 continue;
             }
             let config = logger.config();
+            if config.filter_event.is_some()
+                && let Some(filter) = self.filter.get()
+                && !decisions
+                    .should_log(config, filter.as_ref(), Some(msg), &record)
+                    .await
+            {
+                continue;
+            }
             let mut copy = record.clone();
             if !config.meta.is_empty() {
                 let meta = meta.get_or_insert_with(|| msg.meta());
@@ -188,5 +246,6 @@ impl Reception {
             }
             let _ = logger.submit(copy).await;
         }
+        self.feed_hooks(&record, Some(msg)).await;
     }
 }

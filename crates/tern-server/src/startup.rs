@@ -108,8 +108,21 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     }
     engine.run_maintenance(state.shutdown_signal());
 
-    let reception = open_spools_and_logs(&config.spools, config.log_configs, node_id).await?;
+    let (hook_slots, hook_receivers) = crate::log_hooks::build(config.log_hooks)?;
+    let mut reception = open_spools_and_logs(&config.spools, config.log_configs, node_id).await?;
+    reception.hooks = hook_slots;
     let reception = Arc::new(reception);
+    let _ = reception
+        .filter
+        .set(Arc::new(crate::log_hooks::PolicyFilter(engine.clone())));
+    for (hook, rx) in hook_receivers {
+        tokio::spawn(crate::log_hooks::run_hook(
+            reception.clone(),
+            engine.clone(),
+            hook,
+            rx,
+        ));
+    }
     state.set_reception(reception.clone());
     let queues = crate::queue::QueueManager::new(
         engine.clone(),
@@ -183,6 +196,7 @@ fn registrars(
         Arc::new(tern_dns::DnsRegistrar::new(dns.clone())),
         Arc::new(tern_queue::lua::QueueLuaRegistrar),
         Arc::new(tern_message::mimepart_lua::register),
+        Arc::new(tern_luahttp::HttpRegistrar::default()),
         Arc::new(tern_dkim::DkimRegistrar::new(Arc::new(
             tern_dkim::SignerCache::default(),
         ))),
@@ -238,6 +252,8 @@ async fn open_spools_and_logs(
         node_id,
         spooled: Default::default(),
         queues: Default::default(),
+        filter: Default::default(),
+        hooks: Vec::new(),
     })
 }
 
