@@ -509,6 +509,8 @@ mod tests {
             node_id,
             spooled: Default::default(),
             queues: Default::default(),
+            filter: Default::default(),
+            hooks: Vec::new(),
         }));
         state.set_spool_ready();
         (state, dir)
