@@ -6,7 +6,7 @@
 set -euo pipefail
 
 need_apt=()
-for pkg in librocksdb-dev libclang-dev clang swaks postfix dnsmasq-base zstd \
+for pkg in librocksdb-dev libclang-dev clang swaks postfix dnsmasq-base zstd curl openssl \
            libnet-ssleay-perl libio-socket-ssl-perl redis-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
