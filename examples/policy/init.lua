@@ -18,10 +18,26 @@ end)
 local DKIM_CONFIG = kumo.json_load 'examples/policy/dkim_config.json'
 
 kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+  if domain == 'sink.test' then
+    -- Try the whole path locally: run `tern bench sink --listen 127.0.0.1:2526`
+    -- and send to anything@sink.test (tempfail@ and permfail@ fail on purpose).
+    return kumo.make_queue_config {
+      retry_interval = '10s',
+      protocol = { smtp = { mx_list = { '[127.0.0.1]:2526' } } },
+    }
+  end
   return kumo.make_queue_config {
     retry_interval = '1m',
     max_age = '1 day',
   }
+end)
+
+kumo.on('get_egress_path_config', function(routing_domain, egress_source, site_name)
+  if routing_domain == 'sink.test' then
+    -- Loopback is a prohibited destination unless a path allows it.
+    return kumo.make_egress_path { prohibited_hosts = {}, enable_tls = 'OpportunisticInsecure' }
+  end
+  return kumo.make_egress_path { connection_limit = 10, max_message_rate = '100/s' }
 end)
 
 kumo.on('smtp_server_message_received', function(msg, conn_meta)
