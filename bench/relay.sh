@@ -93,6 +93,7 @@ kumo.on('get_egress_path_config', function()
   return kumo.make_egress_path { prohibited_hosts = {}, enable_tls = 'Disabled', max_ready = 1000000 }
 end)
 LUA
+    : > "$dir/out.log"
     KUMO_NODE_ID_PATH="$dir/.nodeid" NO_COLOR=1 "$TERN" serve --policy "$dir/init.lua" --user "$(id -un)" \
       > "$dir/out.log" 2>&1 &
     local pid=$!

@@ -560,3 +560,88 @@ fn http_injection_immediate_and_deferred_generation_are_delivered() {
     assert_eq!(generator.len(), 1, "{seen:#?}");
     assert_eq!(sink.stats().messages, 4);
 }
+
+#[test]
+fn requeue_message_can_rebind_to_another_queue() {
+    let sink = TestSink::start(SinkConfig::default());
+    // Queue `example.com` points at a closed port; the requeue_message
+    // handler moves failed messages to the `rescue` tenant, whose queue
+    // reaches the sink.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let policy = format!(
+        r#"{head}
+kumo.on('get_queue_config', function(domain, tenant)
+  local port = {closed}
+  if tenant == 'rescue' then port = {port} end
+  return kumo.make_queue_config {{
+    retry_interval = '1h',
+    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:' .. port }} }} }},
+  }}
+end)
+kumo.on('get_egress_path_config', function()
+  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled' }}
+end)
+kumo.on('requeue_message', function(msg, response, context, increment, delay)
+  msg:set_meta('tenant', 'rescue')
+end)
+"#,
+        head = policy_head("RocksDB"),
+        port = sink.port()
+    );
+    let server = Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
+    send(&server, &["moved@example.com"]);
+    let logs = server.dir().join("logs");
+    let seen = wait_for_records(&logs, Duration::from_secs(30), |r| {
+        count(r, "Delivery") >= 1
+    });
+    let failure = of_type(&seen, "TransientFailure")[0];
+    assert_eq!(failure["queue"], "example.com");
+    let delivery = of_type(&seen, "Delivery")[0];
+    // Rebinding makes the message due at once in its new queue, with the
+    // attempt counter advanced by the failure.
+    assert_eq!(delivery["queue"], "rescue@example.com");
+    assert_eq!(delivery["num_attempts"], 1);
+    assert!(event_seconds(delivery) - event_seconds(failure) < 5.0);
+}
+
+#[test]
+fn a_full_ready_queue_delays_without_counting_an_attempt() {
+    // max_ready = 1 and a slow sink: while one message is being sent the
+    // ready queue is full, so the others are re-delayed (ReadyQueueWasFull)
+    // instead of piling up, and are all delivered in the end.
+    let sink = TestSink::start(SinkConfig {
+        data_delay: Duration::from_millis(1500),
+        ..SinkConfig::default()
+    });
+    let policy = relay_policy(sink.port(), "", "max_ready = 1, connection_limit = 1");
+    let server = Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
+    send(
+        &server,
+        &[
+            "r1@example.com",
+            "r2@example.com",
+            "r3@example.com",
+            "r4@example.com",
+        ],
+    );
+    let logs = server.dir().join("logs");
+    let seen = wait_for_records(&logs, Duration::from_secs(20), |r| count(r, "Delayed") >= 1);
+    let delayed = of_type(&seen, "Delayed")[0];
+    let content = delayed["response"]["content"].as_str().unwrap();
+    assert!(
+        content.starts_with("Context: ReadyQueueWasFull. Next due in"),
+        "{content}"
+    );
+    assert_eq!(delayed["num_attempts"], 0);
+    assert_eq!(count(&seen, "TransientFailure"), 0);
+}

@@ -241,6 +241,15 @@ pub async fn requeue(mgr: &Arc<QueueManager>, msg: Message, how: Requeue, old_qu
         remove(mgr, &msg).await;
         return;
     }
+    if queue != old_queue {
+        // Rebound by requeue_message: due at once in its new queue (§7.6).
+        if how.increment {
+            msg.increment_num_attempts();
+        }
+        persist(mgr, &msg).await;
+        mgr.with_scheduled(&queue, |q| q.push_now(msg));
+        return;
+    }
     let config = match config_for(mgr, &queue).await {
         Ok(config) => config,
         Err(err) => {
