@@ -28,11 +28,11 @@ setup_postfix() {
     SINK_PORT=$(free_port)
     # -u: smtp-sink refuses to keep root privileges; -c: count sessions.
     smtp-sink -u postfix -c "127.0.0.1:$SINK_PORT" 1024 > "$pf/sink.log" 2>&1 &
-    SINK_PID=$!
+    PF_SINK_PID=$!
   else
     # The caller runs the sink (e.g. `tern bench sink`) on this port.
     SINK_PORT=$RELAY_TO_PORT
-    SINK_PID=""
+    PF_SINK_PID=""
   fi
   sed "s/^smtp      inet.*/127.0.0.1:$POSTFIX_PORT inet n - n - - smtpd/" \
     /etc/postfix/master.cf > "$pf/conf/master.cf"

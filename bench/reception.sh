@@ -121,7 +121,7 @@ run_postfix_case() {
   version=$(postconf -c "$POSTFIX_CONF" -h mail_version)
   postfix -c "$POSTFIX_CONF" stop >/dev/null 2>&1 || true
   POSTFIX_CONF=""
-  [ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null || true
+  [ -n "$PF_SINK_PID" ] && kill "$PF_SINK_PID" 2>/dev/null || true
   printf '%-22s %10.0f msg/s  (runs: %s)  Postfix %s, %s\n' \
     "$label" "${RATE[$label]}" "${rates[*]}" "$version" \
     "$([ "$mode" = hold ] && echo "queued then held" || echo "relaying to smtp-sink")"
