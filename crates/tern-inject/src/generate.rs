@@ -9,10 +9,9 @@
 
 use crate::encode::{Boundaries, mailbox_text, write_mailbox_header};
 use crate::mime::{self, Part, StandardHeaders, rebuild_message, write_header};
-use crate::request::{BuilderContent, Content, InjectRequest, Recipient, TemplateDialect};
+use crate::request::{BuilderContent, Content, InjectRequest, Recipient};
+use crate::template::{Escape, TemplateId, Templates, Vars};
 use base64::Engine;
-use minijinja::Value as TemplateValue;
-use minijinja::value::merge_maps;
 use serde_json::Value;
 
 /// Why a whole request cannot be expanded (HTTP 422).
@@ -27,77 +26,6 @@ pub enum RequestError {
     /// A feature Tern does not implement.
     #[error("{0} is not supported by Tern yet")]
     Unsupported(String),
-}
-
-/// One compiled template: an index into the environment (Jinja) or into
-/// the verbatim sources (Static).
-#[derive(Clone, Copy)]
-struct TemplateId(usize);
-
-struct Templates<'r> {
-    dialect: TemplateDialect,
-    sources: Vec<&'r str>,
-    env: minijinja::Environment<'r>,
-}
-
-impl<'r> Templates<'r> {
-    fn new(dialect: TemplateDialect) -> Result<Self, RequestError> {
-        if dialect == TemplateDialect::Handlebars {
-            return Err(RequestError::Unsupported(
-                "template_dialect 'Handlebars'".into(),
-            ));
-        }
-        let mut env = minijinja::Environment::new();
-        // Keep a template's final newline: content is mail text, where
-        // Jinja's default of dropping it would change the message.
-        env.set_keep_trailing_newline(true);
-        // Undefined variables render as empty text (MiniJinja's lenient
-        // default, which KumoMTA also uses); a typo in a variable name
-        // therefore does not fail the recipient.
-        env.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
-        Ok(Self {
-            dialect,
-            sources: Vec::new(),
-            env,
-        })
-    }
-
-    fn add(&mut self, field: &str, source: &'r str) -> Result<TemplateId, RequestError> {
-        let id = self.sources.len();
-        self.sources.push(source);
-        if self.dialect == TemplateDialect::Jinja {
-            self.env
-                .add_template_owned(id.to_string(), source)
-                .map_err(|err| RequestError::Template {
-                    field: field.to_string(),
-                    message: describe(&err),
-                })?;
-        }
-        Ok(TemplateId(id))
-    }
-
-    fn render(&self, id: TemplateId, ctx: &TemplateValue) -> Result<String, String> {
-        match self.dialect {
-            TemplateDialect::Jinja => self
-                .env
-                .get_template(&id.0.to_string())
-                .and_then(|t| t.render(ctx))
-                .map_err(|err| describe(&err)),
-            _ => Ok(self.sources[id.0].to_string()),
-        }
-    }
-}
-
-/// MiniJinja's error with its detail (line and reason), on one line.
-fn describe(err: &minijinja::Error) -> String {
-    let mut text = err.to_string();
-    if let Some(detail) = err.detail()
-        && !text.contains(detail)
-    {
-        text.push_str(": ");
-        text.push_str(detail);
-    }
-    text
 }
 
 struct CompiledBuilder<'r> {
@@ -125,7 +53,6 @@ enum Compiled<'r> {
 pub struct Generator<'r> {
     templates: Templates<'r>,
     compiled: Compiled<'r>,
-    globals: TemplateValue,
     date: String,
     hostname: String,
     boundaries: Boundaries,
@@ -137,10 +64,10 @@ impl<'r> Generator<'r> {
     /// generated Message-IDs. `deferred_generation` is the caller's
     /// business: this always expands.
     pub fn new(request: &'r InjectRequest, hostname: &str) -> Result<Self, RequestError> {
-        let mut templates = Templates::new(request.template_dialect)?;
+        let mut templates = Templates::new(request.template_dialect, &request.substitutions);
         let (compiled, size_hint) = match &request.content {
             Content::Rfc822(text) => {
-                let id = templates.add("content", text)?;
+                let id = templates.add("content", text, Escape::None)?;
                 (Compiled::Rfc822(id), text.len() + text.len() / 4 + 256)
             }
             Content::Builder(builder) => {
@@ -168,7 +95,6 @@ impl<'r> Generator<'r> {
         Ok(Self {
             templates,
             compiled,
-            globals: TemplateValue::from_serialize(&request.substitutions),
             date: chrono::Utc::now()
                 .format("%a, %d %b %Y %H:%M:%S +0000")
                 .to_string(),
@@ -191,27 +117,7 @@ impl<'r> Generator<'r> {
     /// `out` holds a partial message and must be discarded.
     pub fn generate_into(&self, out: &mut Vec<u8>, recipient: &Recipient) -> Result<(), String> {
         let to_header = mailbox_text(recipient.name.as_deref(), &recipient.email);
-        let builtins = match &recipient.name {
-            Some(name) => minijinja::context! {
-                email => recipient.email.as_str(),
-                name => name.as_str(),
-                to_header => to_header.as_str(),
-            },
-            None => minijinja::context! {
-                email => recipient.email.as_str(),
-                to_header => to_header.as_str(),
-            },
-        };
-        let ctx = match &recipient.substitutions {
-            // Later maps win: recipient substitutions over the built-in
-            // variables over the global substitutions.
-            Some(subs) if !subs.is_empty() => merge_maps([
-                self.globals.clone(),
-                builtins,
-                TemplateValue::from_serialize(subs),
-            ]),
-            _ => merge_maps([self.globals.clone(), builtins]),
-        };
+        let ctx = self.templates.vars(recipient, &to_header);
         let standard = StandardHeaders {
             date: &self.date,
             hostname: &self.hostname,
@@ -236,7 +142,7 @@ impl<'r> Generator<'r> {
         out: &mut Vec<u8>,
         b: &CompiledBuilder<'_>,
         recipient: &Recipient,
-        ctx: &TemplateValue,
+        ctx: &Vars,
         standard: &StandardHeaders<'_>,
     ) -> Result<(), String> {
         let render = |id: TemplateId| self.templates.render(id, ctx);
@@ -309,24 +215,24 @@ fn compile_builder<'r>(
             "at least one of text_body and/or html_body must be given".into(),
         ));
     }
-    let mut add_opt = |field: &str, source: &'r Option<String>| {
+    let mut add_opt = |field: &str, source: &'r Option<String>, escape: Escape| {
         source
             .as_deref()
-            .map(|s| templates.add(field, s))
+            .map(|s| templates.add(field, s, escape))
             .transpose()
     };
-    let text = add_opt("text_body", &builder.text_body)?;
-    let amp = add_opt("amp_html_body", &builder.amp_html_body)?;
-    let html = add_opt("html_body", &builder.html_body)?;
-    let subject = add_opt("subject", &builder.subject)?;
+    let text = add_opt("text_body", &builder.text_body, Escape::None)?;
+    let amp = add_opt("amp_html_body", &builder.amp_html_body, Escape::Html)?;
+    let html = add_opt("html_body", &builder.html_body, Escape::Html)?;
+    let subject = add_opt("subject", &builder.subject, Escape::None)?;
     let mut address = |field: &str, spec: &'r Option<crate::request::AddressSpec>| {
         spec.as_ref()
             .map(|a| -> Result<_, RequestError> {
-                let email = templates.add(&format!("{field}.email"), &a.email)?;
+                let email = templates.add(&format!("{field}.email"), &a.email, Escape::None)?;
                 let name = a
                     .name
                     .as_deref()
-                    .map(|n| templates.add(&format!("{field}.name"), n))
+                    .map(|n| templates.add(&format!("{field}.name"), n, Escape::None))
                     .transpose()?;
                 Ok((email, name))
             })
@@ -368,7 +274,7 @@ fn compile_builder<'r>(
         has_mime_version |= name.eq_ignore_ascii_case("Mime-Version");
         has_date |= name.eq_ignore_ascii_case("Date");
         has_message_id |= name.eq_ignore_ascii_case("Message-ID");
-        let id = templates.add(&format!("headers.{name}"), value)?;
+        let id = templates.add(&format!("headers.{name}"), value, Escape::None)?;
         headers.push((name.as_str(), id));
     }
 
@@ -466,16 +372,117 @@ mod tests {
     }
 
     #[test]
-    fn handlebars_is_refused() {
+    fn handlebars_builder_per_recipient() {
+        let req = request(serde_json::json!({
+            "envelope_sender": "s@example.com",
+            "template_dialect": "Handlebars",
+            "content": {
+                "subject": "{{brand}} deal for {{name}} & co",
+                "text_body": "Hi {{name}}, code {{code}} <{{email}}>[{{missing}}]\n",
+                "html_body": "<p>Hi {{name}}, code {{code}} {{{link}}}</p>\n",
+                "from": {"email": "news@example.com", "name": "{{brand}} News"},
+                "headers": {"X-Campaign": "{{brand}}-{{code}}"}
+            },
+            "substitutions": {"brand": "Acme", "code": "G", "link": "<i>x</i>"},
+            "recipients": [
+                {"email": "a@example.com", "name": "Al <A&B>", "substitutions": {"code": "A-1"}},
+                {"email": "b@example.com", "substitutions": {"brand": "Bobco"}}
+            ]
+        }));
+        let generator = Generator::new(&req, "mx.example.com").unwrap();
+        let render =
+            |i: usize| String::from_utf8(generator.generate(&req.recipients[i]).unwrap()).unwrap();
+        let a = render(0);
+        // Headers and the text part are not HTML: nothing is escaped.
+        assert!(
+            a.contains("Subject: Acme deal for Al <A&B> & co\r\n"),
+            "{a}"
+        );
+        assert!(a.contains("X-Campaign: Acme-A-1\r\n"), "{a}");
+        assert!(
+            a.contains("From: \"Acme News\" <news@example.com>\r\n"),
+            "{a}"
+        );
+        assert!(
+            a.contains("Hi Al <A&B>, code A-1 <a@example.com>[]\r\n"),
+            "{a}"
+        );
+        // The HTML part escapes {{x}} but not {{{x}}}.
+        assert!(
+            a.contains("<p>Hi Al &lt;A&amp;B&gt;, code A-1 <i>x</i></p>\r\n"),
+            "{a}"
+        );
+        let b = render(1);
+        // (the header writer folds the double space left by the missing name)
+        assert!(b.contains("Subject: Bobco deal for & co\r\n"), "{b}");
+        assert!(b.contains("X-Campaign: Bobco-G\r\n"), "{b}");
+        assert!(b.contains("Hi , code G <b@example.com>[]\r\n"), "{b}");
+    }
+
+    #[test]
+    fn handlebars_complete_message() {
+        let req = request(serde_json::json!({
+            "envelope_sender": "s@example.com",
+            "template_dialect": "Handlebars",
+            "content": "To: {{{to_header}}}\nSubject: Hello {{name}}\n\n{{#each items}}- {{this}} for {{name}}\n{{/each}}",
+            "substitutions": {"items": ["a", "b"]},
+            "recipients": [{"email": "r@example.com", "name": "Rita & Co"}]
+        }));
+        let out = generate_one(&req);
+        assert!(
+            out.starts_with("To: \"Rita & Co\" <r@example.com>\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("Subject: Hello Rita & Co\r\n"), "{out}");
+        assert!(
+            out.ends_with("\r\n\r\n- a for Rita & Co\r\n- b for Rita & Co\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn handlebars_syntax_error_is_a_template_error() {
+        for content in [
+            serde_json::json!("Subject: {{#if x}}\n\nbody"),
+            serde_json::json!({"text_body": "ok", "html_body": "<p>{{name</p>"}),
+        ] {
+            let req = request(serde_json::json!({
+                "envelope_sender": "s@example.com", "template_dialect": "Handlebars",
+                "content": content, "recipients": [{"email": "r@example.com"}]
+            }));
+            match Generator::new(&req, "h") {
+                Err(RequestError::Template { field, message }) => {
+                    assert!(field == "content" || field == "html_body", "{field}");
+                    assert!(!message.is_empty());
+                }
+                other => panic!("expected a template error, got {:?}", other.err()),
+            }
+        }
+    }
+
+    #[test]
+    fn handlebars_render_error_fails_only_the_recipient() {
         let req = request(serde_json::json!({
             "envelope_sender": "s@example.com", "template_dialect": "Handlebars",
-            "content": "Subject: x\n\ny", "recipients": [{"email": "r@example.com"}]
+            "content": {"text_body": "{{ name or 'Fred' }}"},
+            "recipients": [{"email": "r@example.com", "name": "John"}]
         }));
-        let err = Generator::new(&req, "h").err().unwrap().to_string();
-        assert_eq!(
-            err,
-            "template_dialect 'Handlebars' is not supported by Tern yet"
-        );
+        let generator = Generator::new(&req, "h").unwrap();
+        let err = generator.generate(&req.recipients[0]).unwrap_err();
+        assert!(err.contains("Helper not found"), "{err}");
+    }
+
+    #[test]
+    fn jinja_html_body_escapes_like_kumomta() {
+        let req = request(serde_json::json!({
+            "envelope_sender": "s@example.com",
+            "content": {"text_body": "{{ x }}", "html_body": "<p>{{ x }} {{ x|safe }}</p>"},
+            "substitutions": {"x": "<A&B>"},
+            "recipients": [{"email": "r@example.com"}]
+        }));
+        let out = generate_one(&req);
+        assert!(out.contains("\r\n\r\n<A&B>\r\n"), "{out}");
+        assert!(out.contains("<p>&lt;A&amp;B&gt; <A&B></p>"), "{out}");
     }
 
     #[test]

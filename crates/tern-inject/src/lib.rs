@@ -6,7 +6,8 @@
 //! bytes, which it wraps into spool messages.
 //!
 //! Modules: [`request`] (serde types of the request and response),
-//! [`generate`] (templates and per-recipient assembly), [`mime`] (MIME
+//! [`generate`] (per-recipient assembly), `template` (the Jinja,
+//! Handlebars and Static dialects), [`mime`] (MIME
 //! trees and the parse-and-rebuild of complete messages), [`encode`]
 //! (transfer encodings, header encoding and folding, boundaries).
 
@@ -14,6 +15,7 @@ pub mod encode;
 pub mod generate;
 pub mod mime;
 pub mod request;
+mod template;
 
 pub use generate::{Generator, RequestError};
 pub use request::{

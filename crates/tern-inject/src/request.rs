@@ -58,7 +58,7 @@ pub enum TemplateDialect {
     Jinja,
     /// No expansion: the content is used as is.
     Static,
-    /// Handlebars (refused: not supported by Tern yet).
+    /// Handlebars (the `handlebars` crate, with its string helpers).
     Handlebars,
 }
 
