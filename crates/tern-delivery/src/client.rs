@@ -86,6 +86,9 @@ impl RecipientResult {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectStage {
     Bind,
+    /// `bind()` failed because the source address is not configured on
+    /// this host (EADDRNOTAVAIL): what `suspend_when_unplumbed` watches.
+    Unplumbed,
     Connect,
     Banner,
     Ehlo,
@@ -98,6 +101,7 @@ impl std::fmt::Display for ConnectStage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             ConnectStage::Bind => "bind source address",
+            ConnectStage::Unplumbed => "bind source address (not configured on this host)",
             ConnectStage::Connect => "connect",
             ConnectStage::Banner => "read initial banner",
             ConnectStage::Ehlo => "EHLO",
@@ -148,6 +152,17 @@ impl ConnectError {
     }
 
     /// The failure of the last host tried.
+    /// True when a bind failed because the source address is not on this
+    /// host (the trigger of `suspend_when_unplumbed`).
+    pub fn source_unplumbed(&self) -> bool {
+        match self {
+            ConnectError::AllFailed { failures } => {
+                failures.iter().any(|f| f.stage == ConnectStage::Unplumbed)
+            }
+            _ => false,
+        }
+    }
+
     pub fn last(&self) -> Option<&HostFailure> {
         match self {
             ConnectError::NoHosts => None,
@@ -166,9 +181,12 @@ impl ConnectError {
     pub fn no_answer_from_any_host(&self) -> bool {
         match self {
             ConnectError::NoHosts => true,
-            ConnectError::AllFailed { failures } => failures
-                .iter()
-                .all(|f| matches!(f.stage, ConnectStage::Bind | ConnectStage::Connect)),
+            ConnectError::AllFailed { failures } => failures.iter().all(|f| {
+                matches!(
+                    f.stage,
+                    ConnectStage::Bind | ConnectStage::Unplumbed | ConnectStage::Connect
+                )
+            }),
         }
     }
 }
@@ -408,9 +426,14 @@ impl SmtpConnection {
         .map_err(|err| host_failure(host, ConnectStage::Connect, None, err.to_string()))?;
         if let Some(source_ip) = settings.source.source_address {
             socket.bind(SocketAddr::new(source_ip, 0)).map_err(|err| {
+                let stage = if err.kind() == std::io::ErrorKind::AddrNotAvailable {
+                    ConnectStage::Unplumbed
+                } else {
+                    ConnectStage::Bind
+                };
                 host_failure(
                     host,
-                    ConnectStage::Bind,
+                    stage,
                     None,
                     format!(
                         "bind {source_ip} for source {} failed: {err}",

@@ -491,7 +491,8 @@ async fn source_address_is_bound() {
         .await
         .unwrap_err();
     let last = err.last().unwrap();
-    assert_eq!(last.stage, ConnectStage::Bind);
+    assert_eq!(last.stage, ConnectStage::Unplumbed);
+    assert!(err.source_unplumbed());
     assert!(
         last.detail
             .starts_with("bind 192.0.2.77 for source test-source failed"),

@@ -459,9 +459,11 @@ fn bad_requests_get_clear_errors() {
             "unknown field `text_bod`",
         ),
         (
-            format!("{{{sender}, {ok_content}, {rcpt}, \"template_dialect\": \"Handlebars\"}}"),
+            format!(
+                "{{{sender}, \"content\": \"Subject: {{{{#if x}}}}\\n\\nx\", {rcpt}, \"template_dialect\": \"Handlebars\"}}"
+            ),
             422,
-            "Handlebars' is not supported by Tern yet",
+            "failed parsing field content as template",
         ),
         (
             format!("{{{sender}, \"content\": \"{{{{ x\", {rcpt}, \"deferred_generation\": true}}"),

@@ -645,3 +645,76 @@ fn a_full_ready_queue_delays_without_counting_an_attempt() {
     assert_eq!(delayed["num_attempts"], 0);
     assert_eq!(count(&seen, "TransientFailure"), 0);
 }
+
+#[test]
+fn an_unplumbed_source_is_suspended_and_skipped() {
+    let sink = TestSink::start(SinkConfig::default());
+    let policy = format!(
+        r#"{head}
+kumo.on('get_egress_source', function(name)
+  if name == 'bad' then
+    -- TEST-NET-1: not configured on this host, so bind() fails.
+    return kumo.make_egress_source {{
+      name = 'bad', source_address = '192.0.2.1',
+      suspend_when_unplumbed = {{ trigger = 'Immediate', duration = '1h' }},
+    }}
+  end
+  return kumo.make_egress_source {{ name = name }}
+end)
+kumo.on('get_egress_pool', function(name)
+  return kumo.make_egress_pool {{
+    name = name, entries = {{ {{ name = 'good' }}, {{ name = 'bad' }} }},
+  }}
+end)
+kumo.on('get_queue_config', function()
+  return kumo.make_queue_config {{
+    egress_pool = 'pool', retry_interval = '1s', max_retry_interval = '1s',
+    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{port}' }} }} }},
+  }}
+end)
+kumo.on('get_egress_path_config', function()
+  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled' }}
+end)
+"#,
+        head = policy_head("RocksDB"),
+        port = sink.port()
+    );
+    let server = Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
+    let recipients: Vec<String> = (0..10).map(|i| format!("r{i}@example.com")).collect();
+    let refs: Vec<&str> = recipients.iter().map(String::as_str).collect();
+    send(&server, &refs);
+    let logs = server.dir().join("logs");
+    let seen = wait_for_records(&logs, Duration::from_secs(30), |r| {
+        count(r, "Delivery") >= 10
+    });
+    assert!(
+        of_type(&seen, "Delivery")
+            .iter()
+            .all(|r| r["egress_source"] == "good")
+    );
+    // The first pick of `bad` failed at bind and suspended it: at most the
+    // messages already in its ready queue failed, never a later one.
+    let failures = of_type(&seen, "TransientFailure");
+    assert!(!failures.is_empty(), "bad was never picked: {seen:#?}");
+    assert!(failures.iter().all(|r| r["egress_source"] == "bad"));
+    let first_failure = failures
+        .iter()
+        .map(|r| event_seconds(r))
+        .fold(f64::MAX, f64::min);
+    let late = failures
+        .iter()
+        .filter(|r| event_seconds(r) > first_failure + 1.5)
+        .count();
+    assert_eq!(
+        late, 0,
+        "bad was used after it was suspended: {failures:#?}"
+    );
+    assert!(
+        server
+            .output()
+            .contains("egress source bad suspended for 1h")
+    );
+}

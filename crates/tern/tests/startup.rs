@@ -311,6 +311,9 @@ fn node_id_diag_dir_and_json_format_are_honoured() {
         .map(|line| serde_json::from_str::<serde_json::Value>(&line.unwrap().text).unwrap())
         .collect::<Vec<_>>();
     // The Reception record, and whatever the delivery attempt logged.
-    assert!(records.iter().any(|r| r["type"] == "Reception"), "{records:?}");
+    assert!(
+        records.iter().any(|r| r["type"] == "Reception"),
+        "{records:?}"
+    );
     assert!(records.iter().all(|r| r["nodeid"] == node), "{records:?}");
 }

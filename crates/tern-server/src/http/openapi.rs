@@ -48,7 +48,7 @@ fn schemas() -> Value {
                     "type": "string",
                     "enum": ["Jinja", "Static", "Handlebars"],
                     "default": "Jinja",
-                    "description": "Jinja (MiniJinja) expands templates; Static uses the content verbatim. Handlebars is refused by Tern (422)."
+                    "description": "Jinja (MiniJinja, the default) or Handlebars expands templates; Static uses the content verbatim. Only html_body and amp_html_body are HTML-escaped."
                 },
                 "deferred_generation": {
                     "type": "boolean",
@@ -201,7 +201,7 @@ pub fn openapi_spec() -> String {
                         "401": text_response("Authentication failed, or the peer is neither trusted nor authenticated."),
                         "413": text_response("The (decompressed) body is larger than request_body_limit."),
                         "415": error_response("Content-Type is not application/json, or the Content-Encoding is unsupported."),
-                        "422": error_response("A field has the wrong type or is missing, a template does not compile, a builder field is invalid, or a feature is not supported by Tern yet (Handlebars)."),
+                        "422": error_response("A field has the wrong type or is missing, a template does not compile, a builder field is invalid, or a feature is not supported by Tern yet."),
                         "500": error_response("The envelope sender is invalid, or an internal error."),
                         "503": error_response("Not accepting messages now: shutting down, waiting for spool startup, disk is too full, or a spool write failed.")
                     }

@@ -80,6 +80,8 @@ pub struct QueueManager {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Set once at startup when the HTTP layer is present.
     pub generator: OnceLock<Arc<dyn DeferredGenerator>>,
+    /// Sources suspended by `suspend_when_unplumbed`, until the instant.
+    pub(crate) suspended_sources: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl QueueManager {
@@ -102,6 +104,7 @@ impl QueueManager {
             connections: ConnectionLimiter::new(),
             shutdown,
             generator: OnceLock::new(),
+            suspended_sources: Mutex::new(HashMap::new()),
         })
     }
 
@@ -131,6 +134,48 @@ impl QueueManager {
         let scheduled: usize = self.scheduled.lock().values().map(|q| q.len()).sum();
         let ready: usize = self.ready.lock().values().map(|q| q.len()).sum();
         scheduled + ready
+    }
+
+    /// Whether source `name` is auto-suspended right now.
+    pub(crate) fn source_suspended(&self, name: &str) -> bool {
+        let mut suspended = self.suspended_sources.lock();
+        match suspended.get(name) {
+            Some(until) if *until > std::time::Instant::now() => true,
+            Some(_) => {
+                suspended.remove(name);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// `suspend_when_unplumbed`: a bind failed because the source address
+    /// is not on this host. Suspends the source per its rule (at once, or
+    /// once the failures pass the threshold rate).
+    pub(crate) fn source_unplumbed(&self, source: &tern_queue::EgressSource) {
+        let Some(rule) = &source.suspend_when_unplumbed else {
+            return;
+        };
+        let trips = match &rule.trigger {
+            tern_queue::config::SuspendTrigger::Immediate => true,
+            tern_queue::config::SuspendTrigger::Threshold(spec) => {
+                let key = format!("kumomta.suspend_when_unplumbed.{}", source.name);
+                self.throttles
+                    .check(&key, spec, std::time::Instant::now())
+                    .is_err()
+            }
+        };
+        if trips {
+            tracing::warn!(
+                "egress source {} suspended for {} (its source_address is not configured on this host)",
+                source.name,
+                humantime::format_duration(rule.duration)
+            );
+            self.suspended_sources.lock().insert(
+                source.name.clone(),
+                std::time::Instant::now() + rule.duration,
+            );
+        }
     }
 
     pub(crate) fn shutting_down(&self) -> bool {

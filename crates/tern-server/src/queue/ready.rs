@@ -313,6 +313,9 @@ async fn connection_task(
         };
         match SmtpConnection::connect(&plan, 0, &settings).await {
             Err(err) => {
+                if err.source_unplumbed() {
+                    mgr.source_unplumbed(&ready.source);
+                }
                 let response = to_log_response(&err.response());
                 // Only "no answer from any host" counts towards the bulk
                 // delay; a host that answered and refused is a different story.

@@ -399,7 +399,7 @@ async fn promote(
     let mut any_full = false;
     let chosen = queue.state.lock().wrr.select(
         &pool.weights,
-        |k| readies[k].is_some(),
+        |k| readies[k].is_some() && !mgr.source_suspended(&pool.sources[k].name),
         |k| {
             let Some(ready) = &readies[k] else {
                 return false;
