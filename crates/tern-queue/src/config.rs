@@ -930,6 +930,12 @@ impl EgressPathConfig {
         if self.suspended {
             warnings.push("suspended is deprecated and has no effect".to_string());
         }
+        if self.remember_broken_tls.is_some() {
+            warnings.push(
+                "remember_broken_tls: Tern does not remember broken TLS yet; every connection tries STARTTLS"
+                    .to_string(),
+            );
+        }
         warnings
     }
 }

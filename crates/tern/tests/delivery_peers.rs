@@ -366,3 +366,87 @@ end)
     assert_eq!(delivered.len(), n);
     assert_eq!(sink.stats().messages, n as u64);
 }
+
+/// An SMTP server that greets, answers EHLO, then hangs up at MAIL FROM.
+const HANG_UP_AT_MAIL: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', int(sys.argv[1])))
+s.listen(16)
+while True:
+    c, _ = s.accept()
+    c.sendall(b'220 flaky ESMTP\r\n')
+    f = c.makefile('rb')
+    for line in f:
+        if line.upper().startswith(b'EHLO'):
+            c.sendall(b'250-flaky\r\n250 PIPELINING\r\n')
+        else:
+            break
+    # The file object keeps the socket open after close(): shut it down
+    # (which fails if the client has already gone).
+    try:
+        c.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    f.close()
+    c.close()
+"#;
+
+#[test]
+fn try_next_host_on_transport_error_moves_the_message_on() {
+    let sink = TestSink::start(SinkConfig::default());
+    let flaky_port = free_port();
+    let _flaky = Peer(
+        Command::new("python3")
+            .args(["-c", HANG_UP_AT_MAIL, &flaky_port.to_string()])
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(flaky_port);
+    let policy = format!(
+        r#"{head}
+kumo.on('get_egress_source', function(name) return kumo.make_egress_source {{ name = name }} end)
+kumo.on('get_egress_pool', function(name)
+  return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = name }} }} }}
+end)
+kumo.on('get_queue_config', function(domain)
+  -- One source per domain, so each gets its own ready queue and path.
+  return kumo.make_queue_config {{
+    retry_interval = '1h', egress_pool = domain,
+    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{flaky_port}', '[127.0.0.1]:{port}' }} }} }},
+  }}
+end)
+kumo.on('get_egress_path_config', function(domain, source)
+  return kumo.make_egress_path {{
+    prohibited_hosts = {{}}, enable_tls = 'Disabled', connection_limit = 1,
+    try_next_host_on_transport_error = (source == 'next.test'),
+  }}
+end)
+"#,
+        head = policy_head("LocalDisk"),
+        port = sink.port()
+    );
+    let server = Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
+    inject(&server, "a@next.test", &body("moves on"));
+    inject(&server, "b@stays.test", &body("fails"));
+    let logs = server.dir().join("logs");
+    let seen = wait_for_records(&logs, Duration::from_secs(30), |r| {
+        count(r, "Delivery") >= 1 && count(r, "TransientFailure") >= 1
+    });
+    // With the option: delivered through the second host, nothing logged
+    // for the hang-up.
+    let delivered = of_type(&seen, "Delivery");
+    assert_eq!(delivered.len(), 1, "{seen:#?}");
+    assert_eq!(delivered[0]["recipient"], "a@next.test");
+    assert_eq!(delivered[0]["peer_address"]["addr"], "127.0.0.1");
+    // Without it: a TransientFailure for the hang-up.
+    let failed = of_type(&seen, "TransientFailure");
+    assert!(
+        failed.iter().all(|r| r["recipient"] == "b@stays.test"),
+        "{seen:#?}"
+    );
+}

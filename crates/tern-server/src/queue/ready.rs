@@ -24,7 +24,7 @@ use tern_delivery::{ClientSettings, DeliveryResponse, SmtpConnection};
 use tern_dns::MailExchanger;
 use tern_log::{RecordType, Response};
 use tern_message::Message;
-use tern_queue::config::{CustomLuaProtocol, MaildirProtocol, MxListEntry};
+use tern_queue::config::{CustomLuaProtocol, MaildirProtocol, MxListEntry, ReconnectStrategy};
 use tern_queue::{EgressPathConfig, EgressSource};
 use tern_smtp::client::Outcome;
 use tern_types::EnvelopeAddress;
@@ -83,6 +83,9 @@ pub async fn get_or_create(
         return Ok(ready.clone());
     }
     let path = policy::egress_path(mgr, routing_domain, &source.name, site).await?;
+    for warning in path.warnings() {
+        tracing::warn!("ready queue {name}: {warning}");
+    }
     let epoch = mgr.engine.epoch().current();
     let mut map = mgr.ready.lock();
     let ready = map.entry(name.to_string()).or_insert_with(|| {
@@ -155,6 +158,11 @@ impl ReadyQueue {
 
     pub(crate) fn pop(&self) -> Option<Message> {
         self.state.lock().queue.pop_front()
+    }
+
+    /// Give a message back to the front (to try it on the next host).
+    fn unpop(&self, msg: Message) {
+        self.state.lock().queue.push_front(msg);
     }
 
     /// Start connection tasks while messages outnumber connections and the
@@ -291,6 +299,11 @@ async fn connection_task(
         source: ready.source.clone(),
         hostname: mgr.hostname.clone(),
     };
+    // Where the next connection starts in the plan (reconnect_strategy),
+    // and how many sessions in a row ended in a transport error (bounds
+    // try_next_host_on_transport_error to one pass over the plan).
+    let mut start = 0usize;
+    let mut transport_errors = 0usize;
     while !mgr.shutting_down() && !ready.is_empty() {
         let target = ready.state.lock().target.clone();
         let resolver = mgr.dns.current();
@@ -311,7 +324,10 @@ async fn connection_task(
                 break;
             }
         };
-        match SmtpConnection::connect(&plan, 0, &settings).await {
+        if start >= plan.len() {
+            start = 0;
+        }
+        match SmtpConnection::connect(&plan, start, &settings).await {
             Err(err) => {
                 if err.source_unplumbed() {
                     mgr.source_unplumbed(&ready.source);
@@ -346,9 +362,24 @@ async fn connection_task(
                         .await;
                 }
             }
-            Ok((conn, _)) => {
+            Ok((conn, index)) => {
                 ready.state.lock().consecutive_failures = 0;
-                run_session(&mgr, &ready, &path, conn).await;
+                let retry_elsewhere =
+                    path.try_next_host_on_transport_error && transport_errors + 1 < plan.len();
+                match run_session(&mgr, &ready, &path, conn, retry_elsewhere).await {
+                    SessionEnd::Finished => {
+                        start = 0;
+                        transport_errors = 0;
+                    }
+                    SessionEnd::TransportError => {
+                        transport_errors += 1;
+                        match path.reconnect_strategy {
+                            ReconnectStrategy::TerminateSession => break,
+                            ReconnectStrategy::ReconnectSameHost => start = index,
+                            ReconnectStrategy::ConnectNextHost => start = index + 1,
+                        }
+                    }
+                }
             }
         }
     }
@@ -392,12 +423,21 @@ async fn fail_all(
 }
 
 /// Deliver messages over one established connection.
+/// How a session over one connection ended.
+enum SessionEnd {
+    /// Limits reached, idle, or shutting down.
+    Finished,
+    /// A 421, timeout or I/O error made the connection unusable.
+    TransportError,
+}
+
 async fn run_session(
     mgr: &Arc<QueueManager>,
     ready: &Arc<ReadyQueue>,
     path: &EgressPathConfig,
     mut conn: SmtpConnection,
-) {
+    retry_elsewhere: bool,
+) -> SessionEnd {
     let session_id = uuid::Uuid::new_v4();
     let mut facts = ready.facts();
     facts.peer = Some((conn.peer().name.clone(), conn.peer().addr.ip().to_string()));
@@ -434,12 +474,18 @@ async fn run_session(
         for (name, spec) in &path.additional_message_rate_throttles {
             wait_for_throttle(mgr, name, spec).await;
         }
-        deliver_one(mgr, ready, path, &mut conn, msg, &facts).await;
+        deliver_one(mgr, ready, path, &mut conn, msg, &facts, retry_elsewhere).await;
         if mgr.shutting_down() {
             break;
         }
     }
+    let end = if conn.is_usable() {
+        SessionEnd::Finished
+    } else {
+        SessionEnd::TransportError
+    };
     conn.quit().await;
+    end
 }
 
 async fn wait_for_throttle(mgr: &QueueManager, key: &str, spec: &tern_types::ThrottleSpec) {
@@ -450,6 +496,9 @@ async fn wait_for_throttle(mgr: &QueueManager, key: &str, spec: &tern_types::Thr
 
 /// One message over `conn`, in as many transactions as
 /// `max_recipients_per_batch` needs; then its disposition per recipient.
+/// With `retry_elsewhere` (`try_next_host_on_transport_error`), a message
+/// whose first transaction hits a transport error (not a 421) goes back to
+/// the front of the ready queue, unlogged, for the next host.
 async fn deliver_one(
     mgr: &Arc<QueueManager>,
     ready: &ReadyQueue,
@@ -457,6 +506,7 @@ async fn deliver_one(
     conn: &mut SmtpConnection,
     msg: Message,
     facts: &AttemptFacts,
+    retry_elsewhere: bool,
 ) {
     let sender = msg.sender();
     let mut pending: VecDeque<EnvelopeAddress> = msg.recipients().into();
@@ -512,6 +562,10 @@ async fn deliver_one(
                             .map(|r| (r, Outcome::Transient, response.clone())),
                     );
                     break;
+                }
+                if retry_elsewhere && outcomes.is_empty() && !err.is_permanent() {
+                    ready.unpop(msg);
+                    return;
                 }
                 let response = err.response();
                 let outcome = if err.is_permanent() {
