@@ -132,8 +132,77 @@ fn delivery_bounce_and_retry_schedule_until_expiry() {
             .contains("exceeds max_age=40s"),
         "{expired}"
     );
-    // Finished messages leave the spool.
-    drop(server.stop());
+    // Every record has exactly the §12.2 fields; after a graceful stop
+    // every segment is complete (the zstd tool reads it) and read-only.
+    const ALWAYS: &[&str] = &[
+        "type",
+        "id",
+        "sender",
+        "recipient",
+        "queue",
+        "site",
+        "size",
+        "response",
+        "peer_address",
+        "timestamp",
+        "event_time",
+        "created",
+        "created_time",
+        "num_attempts",
+        "bounce_classification",
+        "egress_pool",
+        "egress_source",
+        "source_address",
+        "feedback_report",
+        "meta",
+        "headers",
+        "delivery_protocol",
+        "reception_protocol",
+        "nodeid",
+    ];
+    const SOMETIMES: &[&str] = &[
+        "tls_cipher",
+        "tls_protocol_version",
+        "tls_peer_subject_name",
+        "session_id",
+    ];
+    for record in &seen {
+        let keys: Vec<&str> = record
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for key in ALWAYS {
+            assert!(keys.contains(key), "{key} missing from {record}");
+        }
+        for key in &keys {
+            assert!(
+                ALWAYS.contains(key) || SOMETIMES.contains(key),
+                "unexpected field {key} in {record}"
+            );
+        }
+        assert!(record["timestamp"].is_u64() && record["created"].is_u64());
+        assert!(record["num_attempts"].is_u64() && record["size"].is_u64());
+        assert!(record["response"]["code"].is_u64());
+    }
+    let dir = server.stop();
+    let mut segments = 0;
+    for entry in std::fs::read_dir(dir.path().join("logs")).unwrap() {
+        let path = entry.unwrap().path();
+        segments += 1;
+        let out = std::process::Command::new("zstd")
+            .arg("-t")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "zstd rejects {path:?}");
+        assert!(
+            std::fs::metadata(&path).unwrap().permissions().readonly(),
+            "{path:?} is still writable"
+        );
+    }
+    assert!(segments > 0);
 }
 
 #[test]
