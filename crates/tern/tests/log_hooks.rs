@@ -241,3 +241,88 @@ end)
     assert_eq!(count(&seen, "Reception"), 1);
     assert_eq!(count(&seen, "Delivery"), 1);
 }
+
+#[test]
+fn webhook_hook_posts_batches_with_send_batch() {
+    let sink = TestSink::start(SinkConfig::default());
+    let hook_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = tempfile::tempdir().unwrap();
+    let out = out.path().join("posted.jsonl");
+    let _webhook = start_webhook(hook_port, &out);
+    let policy = format!(
+        r#"{head}
+kumo.on('pre_init', function()
+  kumo.configure_log_hook {{ name = 'batched' }}
+end)
+kumo.on('should_enqueue_log_record', function(msg, hook_name)
+  msg:set_meta('queue', 'webhook')
+  return true
+end)
+kumo.on('get_queue_config', function(domain)
+  if domain == 'webhook' then
+    return kumo.make_queue_config {{
+      protocol = {{ custom_lua = {{ constructor = 'make.webhook', batch_size = 10,
+        min_batch_size = 2, max_batch_latency = '10s' }} }},
+    }}
+  end
+  return kumo.make_queue_config {{
+    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{sink}' }} }} }},
+  }}
+end)
+kumo.on('get_egress_path_config', function()
+  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled' }}
+end)
+kumo.on('make.webhook', function()
+  local client = kumo.http.build_client {{}}
+  return {{
+    send_batch = function(self, messages)
+      local parts = {{}}
+      for _, msg in ipairs(messages) do table.insert(parts, msg:get_data()) end
+      local response = client:post('http://127.0.0.1:{hook_port}/batch')
+        :header('Content-Type', 'application/json')
+        :body('[' .. table.concat(parts, ',') .. ']')
+        :send()
+      if not response:status_is_success() then
+        kumo.reject(451, 'webhook answered ' .. response:status_code())
+      end
+      return 'posted ' .. #messages
+    end,
+  }}
+end)
+"#,
+        head = policy_head("RocksDB"),
+        sink = sink.port()
+    );
+    let server = Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
+    let mut smtp = server.smtp().unwrap();
+    smtp.read_reply().unwrap();
+    smtp.command("EHLO test").unwrap();
+    let (code, text) = smtp
+        .send_message("s@example.com", "someone@example.com", &body("batched"))
+        .unwrap();
+    assert_eq!(code, 250, "{text}");
+    let mut posts = Vec::new();
+    for _ in 0..150 {
+        posts = posted(&out);
+        if !posts.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // One POST carrying both records (Reception, then Delivery) as an array.
+    assert_eq!(posts.len(), 1, "{posts:#?}");
+    let batch = posts[0].as_array().expect("a JSON array");
+    let kinds: Vec<&str> = batch.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.len(), 2, "{batch:#?}");
+    assert!(
+        kinds.contains(&"Reception") && kinds.contains(&"Delivery"),
+        "{kinds:?}"
+    );
+}
