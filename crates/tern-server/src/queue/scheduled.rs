@@ -58,6 +58,9 @@ pub struct ScheduledQueue {
 const TICK: Duration = Duration::from_secs(1);
 /// Messages promoted per maintainer turn before it yields.
 const PROMOTE_BATCH: usize = 1024;
+/// Messages kept in memory waiting for promotion before the rest wait on
+/// disk (see [`ScheduledQueue::push_now`]).
+const MAX_DUE_IN_MEMORY: usize = 4096;
 /// Due messages read back from the spool concurrently.
 const LOAD_CONCURRENCY: usize = 32;
 
@@ -76,11 +79,23 @@ impl ScheduledQueue {
         })
     }
 
-    /// A message to promote as soon as possible.
+    /// A message to promote as soon as possible. When promotion falls far
+    /// behind reception, messages that are already in the spool wait as
+    /// [`Waiting`] entries (due now) instead, so a backlog costs its ids,
+    /// not its bodies.
     pub fn push_now(&self, msg: Message) {
         let mut state = self.state.lock();
-        state.due_now.push(msg);
         state.last_active = Instant::now();
+        if state.due_now.len() >= MAX_DUE_IN_MEMORY && !msg.is_data_dirty() && !msg.is_meta_dirty()
+        {
+            let waiting = Waiting {
+                id: msg.id(),
+                attempts: msg.num_attempts(),
+            };
+            state.wheel.insert(SystemTime::now(), waiting);
+        } else {
+            state.due_now.push(msg);
+        }
         drop(state);
         self.notify.notify_one();
     }
