@@ -97,3 +97,34 @@ sys.exit(any(json.loads(l)["queue_name"] != "hold" for l in sys.stdin if l.strip
   echo "warning: the Postfix queue did not drain within 5 minutes" >&2
 }
 
+
+# CPU seconds per 1,000 messages and the largest peak RSS over every
+# process of the running Postfix instance: the master's own time, its
+# reaped children's, and the children still running.
+# Usage: postfix_resources MASTER_PID_FILE MESSAGES
+postfix_resources() {
+  python3 - "$1" "$2" <<'PY'
+import os, sys
+master = open(sys.argv[1]).read().strip()
+messages = int(sys.argv[2])
+tck = os.sysconf("SC_CLK_TCK")
+def times(pid, reaped):
+    f = open(f"/proc/{pid}/stat").read().split(")")[1].split()
+    return int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if reaped else 0)
+cpu = times(master, True)
+peak = 0
+for pid in os.listdir("/proc"):
+    if not pid.isdigit():
+        continue
+    try:
+        stat = open(f"/proc/{pid}/stat").read().split(")")[1].split()
+        if stat[1] != master and pid != master:
+            continue
+        if pid != master:
+            cpu += times(pid, False)
+        peak = max(peak, next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM")))
+    except (FileNotFoundError, ProcessLookupError, StopIteration):
+        pass
+print(f"{cpu / tck * 1000 / messages:.3f} CPU s/1000 msg (all Postfix processes), largest process peak RSS {peak / 1024:.1f} MiB")
+PY
+}

@@ -117,14 +117,15 @@ run_postfix_case() {
     [ "$held" = $((MESSAGES * RUNS)) ] ||
       echo "warning: $held messages on hold, expected $((MESSAGES * RUNS))" >&2
   fi
-  local version
+  local version resources
   version=$(postconf -c "$POSTFIX_CONF" -h mail_version)
+  resources=$(postfix_resources "$WORK/postfix-$mode/queue/pid/master.pid" $((MESSAGES * RUNS)))
   postfix -c "$POSTFIX_CONF" stop >/dev/null 2>&1 || true
   POSTFIX_CONF=""
   [ -n "$PF_SINK_PID" ] && kill "$PF_SINK_PID" 2>/dev/null || true
-  printf '%-22s %10.0f msg/s  (runs: %s)  Postfix %s, %s\n' \
+  printf '%-22s %10.0f msg/s  (runs: %s)  Postfix %s, %s; %s\n' \
     "$label" "${RATE[$label]}" "${rates[*]}" "$version" \
-    "$([ "$mode" = hold ] && echo "queued then held" || echo "relaying to smtp-sink")"
+    "$([ "$mode" = hold ] && echo "queued then held" || echo "relaying to smtp-sink")" "$resources"
 }
 
 echo "Reception: $MESSAGES messages of 3 KB over $CONNECTIONS connections, median of $RUNS runs"

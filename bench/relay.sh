@@ -147,32 +147,7 @@ run_postfix_case() {
     setup_postfix "relay-$run" || { echo "Postfix: could not start, skipped"; return; }
     rates+=("$(relay_once "$POSTFIX_PORT" "$dir")")
     [ "$run" = 1 ] && cp "$dir/sink.json" "$WORK/plot-$(echo "$label" | tr -c 'A-Za-z0-9' _).json"
-    resources=$(python3 - "$WORK/postfix-relay-$run/queue/pid/master.pid" "$MESSAGES" <<'PY'
-import os, sys
-master = open(sys.argv[1]).read().strip()
-messages = int(sys.argv[2])
-tck = os.sysconf("SC_CLK_TCK")
-# The master's own time plus what its reaped children used, plus the
-# children still running (their time is not reaped yet).
-def times(pid, reaped):
-    f = open(f"/proc/{pid}/stat").read().split(")")[1].split()
-    return int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if reaped else 0)
-cpu = times(master, True)
-peak = 0
-for pid in os.listdir("/proc"):
-    if not pid.isdigit():
-        continue
-    try:
-        stat = open(f"/proc/{pid}/stat").read().split(")")[1].split()
-        if stat[1] != master:
-            continue
-        cpu += times(pid, False)
-        peak = max(peak, next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM")))
-    except (FileNotFoundError, ProcessLookupError, StopIteration):
-        pass
-print(f"{cpu / tck * 1000 / messages:.3f} CPU s/1000 msg (all Postfix processes), largest process peak RSS {peak / 1024:.1f} MiB")
-PY
-)
+    resources=$(postfix_resources "$WORK/postfix-relay-$run/queue/pid/master.pid" "$MESSAGES")
     postfix -c "$POSTFIX_CONF" stop >/dev/null 2>&1 || true
     POSTFIX_CONF=""
   done

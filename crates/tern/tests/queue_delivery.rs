@@ -787,3 +787,35 @@ end)
             .contains("egress source bad suspended for 1h")
     );
 }
+
+#[test]
+fn smtp_client_rewrite_delivery_status_turns_a_bounce_into_a_retry() {
+    let sink = TestSink::start(SinkConfig::default());
+    let mut policy = relay_policy(sink.port(), "retry_interval = '1h'", "");
+    policy.push_str(
+        r#"
+kumo.on('smtp_client_rewrite_delivery_status', function(response, domain, tenant, campaign, routing_domain)
+  if response:find('Permanent failure') and domain == 'example.com' then
+    return 451
+  end
+end)
+"#,
+    );
+    let server = Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
+    send(&server, &["permfail@example.com"]);
+    let logs = server.dir().join("logs");
+    let seen = wait_for_records(&logs, Duration::from_secs(30), |r| {
+        count(r, "TransientFailure") + count(r, "Bounce") >= 1
+    });
+    assert_eq!(count(&seen, "Bounce"), 0, "{seen:#?}");
+    let failure = of_type(&seen, "TransientFailure")[0];
+    assert_eq!(failure["response"]["code"], 451);
+    let content = failure["response"]["content"].as_str().unwrap();
+    assert!(
+        content.ends_with("(kumomta: status was rewritten from 550 -> 451)"),
+        "{content}"
+    );
+}

@@ -595,6 +595,7 @@ async fn settle(
     facts: &AttemptFacts,
 ) {
     let queue = queue_of(&msg);
+    let outcomes = rewrite_statuses(mgr, &queue, outcomes).await;
     let single = outcomes.len() == 1;
     let mut transient = Vec::new();
     let mut first_transient: Option<Response> = None;
@@ -640,6 +641,65 @@ async fn settle(
             .await;
         }
     }
+}
+
+/// `smtp_client_rewrite_delivery_status(response, domain, tenant,
+/// campaign, routing_domain)` (§7.5): for every reply other than 250, a
+/// handler may return a new code; the content then notes the rewrite and
+/// the outcome follows the new code.
+async fn rewrite_statuses(
+    mgr: &QueueManager,
+    queue: &str,
+    mut outcomes: Vec<(EnvelopeAddress, Outcome, DeliveryResponse)>,
+) -> Vec<(EnvelopeAddress, Outcome, DeliveryResponse)> {
+    const EVENT: &str = "smtp_client_rewrite_delivery_status";
+    if outcomes.iter().all(|(_, _, r)| r.code == 250)
+        || !mgr.engine.has_handler(EVENT).await.unwrap_or(false)
+    {
+        return outcomes;
+    }
+    let parts = tern_types::QueueName::parse(queue);
+    for (_, outcome, response) in outcomes.iter_mut().filter(|(_, _, r)| r.code != 250) {
+        let args = (
+            response.to_single_line(),
+            parts.domain.clone(),
+            parts.tenant.clone(),
+            parts.campaign.clone(),
+            parts.routing_domain.clone(),
+        );
+        let answer = mgr
+            .engine
+            .dispatch(
+                EVENT,
+                move |lua| mlua::IntoLuaMulti::into_lua_multi(args, lua),
+                |_, values| match values.into_iter().next() {
+                    Some(mlua::Value::Integer(code)) => Ok(u16::try_from(code).ok()),
+                    Some(mlua::Value::Number(code)) if code.fract() == 0.0 => {
+                        Ok(u16::try_from(code as i64).ok())
+                    }
+                    _ => Ok(None),
+                },
+            )
+            .await;
+        match answer {
+            Ok(Some(Some(code))) if (200..600).contains(&code) && code != response.code => {
+                response.content = format!(
+                    "{} (kumomta: status was rewritten from {} -> {code})",
+                    response.content, response.code
+                );
+                response.code = code;
+                *outcome = match code {
+                    200..=299 => Outcome::Delivered,
+                    503 => Outcome::Transient,
+                    500..=599 => Outcome::Permanent,
+                    _ => Outcome::Transient,
+                };
+            }
+            Ok(_) => {}
+            Err(err) => tracing::error!("{EVENT}: {err}"),
+        }
+    }
+    outcomes
 }
 
 /// Maildir delivery (§22) straight from the scheduled queue: the message
