@@ -38,8 +38,8 @@ pub fn minimal_init(extra_init: &str) -> String {
     format!(
         r#"local kumo = require 'kumo'
 kumo.on('init', function()
-  kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data' }}
-  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta' }}
+  kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data', min_free_space = '1%' }}
+  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta', min_free_space = '1%' }}
 {extra_init}
 end)
 "#

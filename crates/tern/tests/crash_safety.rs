@@ -13,8 +13,8 @@ fn policy(kind: &str) -> String {
     format!(
         r#"local kumo = require 'kumo'
 kumo.on('init', function()
-  kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data', kind = '{kind}' }}
-  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta', kind = '{kind}' }}
+  kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data', kind = '{kind}', min_free_space = '1%' }}
+  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta', kind = '{kind}', min_free_space = '1%' }}
   kumo.start_esmtp_listener {{ listen = '127.0.0.1:0' }}
 end)
 "#

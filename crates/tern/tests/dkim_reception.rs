@@ -8,8 +8,8 @@ use tern_testkit::Builder;
 const POLICY: &str = r#"local kumo = require 'kumo'
 local DKIM_CONFIG = kumo.json_load '{dir}/dkim_config.json'
 kumo.on('init', function()
-  kumo.define_spool { name = 'data', path = '{dir}/spool/data' }
-  kumo.define_spool { name = 'meta', path = '{dir}/spool/meta' }
+  kumo.define_spool { name = 'data', path = '{dir}/spool/data', min_free_space = '1%' }
+  kumo.define_spool { name = 'meta', path = '{dir}/spool/meta', min_free_space = '1%' }
   kumo.start_esmtp_listener { listen = '127.0.0.1:0', trace_headers = { received_header = false, supplemental_header = false } }
 end)
 kumo.on('smtp_server_message_received', function(msg)

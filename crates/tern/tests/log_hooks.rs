@@ -183,8 +183,8 @@ fn filter_event_decides_per_message() {
     let policy = format!(
         r#"local kumo = require 'kumo'
 kumo.on('init', function()
-  kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data' }}
-  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta' }}
+  kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data', min_free_space = '1%' }}
+  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta', min_free_space = '1%' }}
   kumo.configure_local_logs {{ log_dir = '{{dir}}/logs', max_segment_duration = '1s',
     filter_event = 'should_log' }}
   kumo.start_esmtp_listener {{ listen = '127.0.0.1:0', relay_hosts = {{ '127.0.0.1' }} }}

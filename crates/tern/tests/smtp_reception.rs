@@ -9,8 +9,8 @@ fn policy(kind: &str, extra_listener: &str) -> String {
     format!(
         r#"local kumo = require 'kumo'
 kumo.on('init', function()
-  kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data', kind = '{kind}' }}
-  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta', kind = '{kind}' }}
+  kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data', kind = '{kind}', min_free_space = '1%' }}
+  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta', kind = '{kind}', min_free_space = '1%' }}
   kumo.configure_local_logs {{ log_dir = '{{dir}}/logs', meta = {{ 'tenant' }} }}
   kumo.start_esmtp_listener {{ listen = '127.0.0.1:0', hostname = 'mx.test' {extra_listener} }}
 end)
@@ -514,8 +514,8 @@ fn tern_logs_prints_the_records_of_a_running_server() {
 fn listener_domains_grant_relaying() {
     let policy = r#"local kumo = require 'kumo'
 kumo.on('init', function()
-  kumo.define_spool { name = 'data', path = '{dir}/spool/data' }
-  kumo.define_spool { name = 'meta', path = '{dir}/spool/meta' }
+  kumo.define_spool { name = 'data', path = '{dir}/spool/data', min_free_space = '1%' }
+  kumo.define_spool { name = 'meta', path = '{dir}/spool/meta', min_free_space = '1%' }
   kumo.start_esmtp_listener { listen = '127.0.0.1:0', relay_hosts = {} }
 end)
 kumo.on('get_listener_domain', function(domain, listener, conn_meta)

@@ -112,8 +112,8 @@ pub fn policy_head(spool_kind: &str) -> String {
     format!(
         r#"local kumo = require 'kumo'
 kumo.on('init', function()
-  kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data', kind = '{spool_kind}' }}
-  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta', kind = '{spool_kind}' }}
+  kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data', kind = '{spool_kind}', min_free_space = '1%' }}
+  kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta', kind = '{spool_kind}', min_free_space = '1%' }}
   kumo.configure_local_logs {{ log_dir = '{{dir}}/logs', max_segment_duration = '1s' }}
   kumo.start_esmtp_listener {{ listen = '127.0.0.1:0', relay_hosts = {{ '127.0.0.1' }} }}
 end)
