@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 mkdir -p local
 cargo build --release -p tern
-exec ./target/release/tern serve --policy examples/policy/init.lua --user "$(id -un)" "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/tern" serve --policy examples/policy/init.lua --user "$(id -un)" "$@"
