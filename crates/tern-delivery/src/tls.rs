@@ -54,8 +54,9 @@ impl TlsInfo {
     }
 }
 
-/// The certificate subject as `KEY=value` strings, in certificate order.
-fn subject_parts(der: &[u8]) -> Option<Vec<String>> {
+/// The certificate subject as `KEY=value` strings, in certificate order
+/// (the `tls_peer_subject_name` of log records; reception uses it too).
+pub fn subject_parts(der: &[u8]) -> Option<Vec<String>> {
     use x509_parser::prelude::{FromDer, X509Certificate};
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     let registry = x509_parser::objects::oid_registry();

@@ -208,7 +208,10 @@ impl Reception {
             msg.get_meta_str("tls_cipher"),
             msg.get_meta_str("tls_protocol_version"),
         ) {
-            record = record.with_tls(cipher, version, None);
+            let subject = msg
+                .get_meta("tls_peer_subject_name")
+                .and_then(|value| serde_json::from_value::<Vec<String>>(value).ok());
+            record = record.with_tls(cipher, version, subject);
         }
         self.log_for_message(record, msg).await;
     }

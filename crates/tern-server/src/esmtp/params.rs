@@ -163,11 +163,6 @@ fn parse(raw: &Map<String, Value>) -> Result<EsmtpParams, String> {
             "kumo.start_esmtp_listener: deferred_queue is not supported by Tern yet".into(),
         );
     }
-    if params.tls_required_client_ca.is_some() {
-        return Err(
-            "kumo.start_esmtp_listener: tls_required_client_ca is not supported by Tern yet".into(),
-        );
-    }
     Ok(params)
 }
 

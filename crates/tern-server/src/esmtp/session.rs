@@ -941,6 +941,15 @@ impl Session {
             self.meta
                 .set("tls_protocol_version", format!("{version:?}"));
         }
+        // Present only when tls_required_client_ca asked for a client
+        // certificate and it verified.
+        if let Some(subject) = conn
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|cert| tern_delivery::tls::subject_parts(cert.as_ref()))
+        {
+            self.meta.set("tls_peer_subject_name", subject);
+        }
         self.stream = Stream::Tls(Box::new(tls));
         self.smtp.on_tls_established();
         self.sender = None;

@@ -27,6 +27,9 @@ struct AcceptorKey {
     hostname: String,
     certificate: Option<KeySource>,
     private_key: Option<KeySource>,
+    /// `tls_required_client_ca`: client certificates are requested (not
+    /// required) and must verify against these CAs when presented.
+    client_ca: Option<KeySource>,
 }
 
 pub struct TlsAcceptorCache {
@@ -48,11 +51,6 @@ impl TlsAcceptorCache {
 
     /// The acceptor for a connection's effective parameters.
     pub fn acceptor(&self, params: &EsmtpParams) -> anyhow::Result<TlsAcceptor> {
-        if params.tls_required_client_ca.is_some() {
-            anyhow::bail!(
-                "kumo.start_esmtp_listener: tls_required_client_ca is not supported by Tern yet"
-            );
-        }
         let key = AcceptorKey {
             hostname: params
                 .hostname
@@ -60,6 +58,7 @@ impl TlsAcceptorCache {
                 .unwrap_or_else(|| self.default_hostname.clone()),
             certificate: params.tls_certificate.clone(),
             private_key: params.tls_private_key.clone(),
+            client_ca: params.tls_required_client_ca.clone(),
         };
         let previous = match self.acceptors.lock().get(&key) {
             Some((built, acceptor)) if built.elapsed() < REFRESH_AFTER => {
@@ -111,13 +110,40 @@ fn build(key: &AcceptorKey) -> anyhow::Result<TlsAcceptor> {
             "kumo.start_esmtp_listener: set both tls_certificate and tls_private_key, or neither"
         ),
     };
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certs, private_key)
-    .map_err(|e| anyhow::anyhow!("invalid TLS certificate or key: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match &key.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let pem = ca
+                .load()
+                .map_err(|e| anyhow::anyhow!("tls_required_client_ca: {e}"))?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| {
+                    anyhow::anyhow!("tls_required_client_ca: not a PEM certificate: {e}")
+                })?;
+                roots
+                    .add(cert)
+                    .map_err(|e| anyhow::anyhow!("tls_required_client_ca: {e}"))?;
+            }
+            if roots.is_empty() {
+                anyhow::bail!("tls_required_client_ca: no PEM certificate found");
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| anyhow::anyhow!("tls_required_client_ca: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(certs, private_key)
+        .map_err(|e| anyhow::anyhow!("invalid TLS certificate or key: {e}"))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -202,7 +228,7 @@ mod tests {
         .err()
         .unwrap();
         assert!(
-            err.to_string().contains("not supported by Tern yet"),
+            err.to_string().starts_with("tls_required_client_ca:"),
             "{err}"
         );
         let junk = dir.path().join("junk.pem");
