@@ -8,7 +8,6 @@ mod common;
 use common::*;
 use std::process::Command;
 use std::time::Duration;
-use tern_testkit::Builder;
 
 fn openssl(dir: &std::path::Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -115,10 +114,7 @@ end)
 "#,
         ca = dir.join("ca.pem").display()
     );
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     let port = server.listener("smtp").port().to_string();
     let cert = dir.join("client.pem");
     let key = dir.join("client.key");

@@ -60,10 +60,7 @@ kumo.on('get_queue_config', function()
 end)
 "#
     );
-    Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap()
+    start_tern(policy)
 }
 
 /// A relaying Tern: domain `strict.test` goes through source `strict`
@@ -97,10 +94,7 @@ kumo.on('get_egress_path_config', function(domain, source, site)
 end)
 "#
     );
-    Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap()
+    start_tern(policy)
 }
 
 fn inject(server: &TernServer, to: &str, body: &[u8]) {
@@ -282,10 +276,7 @@ end)
         head = policy_head("LocalDisk"),
         port = sink.port()
     );
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     inject(&server, "user@dnsmasq.test", &body("via dns"));
     let seen = wait_for_records(&server.dir().join("logs"), Duration::from_secs(30), |r| {
         count(r, "Delivery") >= 1
@@ -427,10 +418,7 @@ end)
         head = policy_head("LocalDisk"),
         port = sink.port()
     );
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     inject(&server, "a@next.test", &body("moves on"));
     inject(&server, "b@stays.test", &body("fails"));
     let logs = server.dir().join("logs");

@@ -9,7 +9,6 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tern_bench::sink::SinkConfig;
-use tern_testkit::Builder;
 
 /// A webhook receiver: appends each POSTed body as one line to `out`.
 const WEBHOOK: &str = r#"
@@ -114,10 +113,7 @@ end)
         head = policy_head("RocksDB"),
         sink = sink.port()
     );
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     let mut smtp = server.smtp().unwrap();
     smtp.read_reply().unwrap();
     smtp.command("EHLO test").unwrap();
@@ -203,10 +199,7 @@ end)
 "#,
         sink = sink.port()
     );
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     let mut smtp = server.smtp().unwrap();
     smtp.read_reply().unwrap();
     smtp.command("EHLO test").unwrap();
@@ -297,10 +290,7 @@ end)
         head = policy_head("RocksDB"),
         sink = sink.port()
     );
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     let mut smtp = server.smtp().unwrap();
     smtp.read_reply().unwrap();
     smtp.command("EHLO test").unwrap();

@@ -49,10 +49,7 @@ fn send(server: &tern_testkit::TernServer, recipients: &[&str]) {
 fn delivery_bounce_and_retry_schedule_until_expiry() {
     let sink = TestSink::start(SinkConfig::default());
     let policy = relay_policy(sink.port(), "retry_interval = '5s', max_age = '40s'", "");
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     send(
         &server,
         &[
@@ -235,10 +232,7 @@ end)
         head = policy_head("LocalDisk"),
         port = sink.port()
     );
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     send(
         &server,
         &["a@nullmx.test", "b@nowhere.test", "c@routed.test"],
@@ -305,10 +299,7 @@ end)
         head = policy_head("RocksDB"),
         port = sink.port()
     );
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     const N: usize = 4000;
     let recipients: Vec<String> = (0..N).map(|i| format!("r{i}@example.com")).collect();
     let refs: Vec<&str> = recipients.iter().map(String::as_str).collect();
@@ -345,10 +336,7 @@ fn shaping_message_rate_connection_limit_and_deliveries_per_connection() {
         "",
         "max_message_rate = '10/s', connection_limit = 2, max_deliveries_per_connection = 10",
     );
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     let recipients: Vec<String> = (0..100).map(|i| format!("r{i}@example.com")).collect();
     let refs: Vec<&str> = recipients.iter().map(String::as_str).collect();
     send(&server, &refs);
@@ -384,10 +372,7 @@ kumo.on('smtp_server_message_received', function(msg)
 end)
 "#,
     );
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     send(&server, &["later@example.com"]);
     let logs = server.dir().join("logs");
     let seen = wait_for_records(&logs, Duration::from_secs(30), |r| {
@@ -436,10 +421,7 @@ end)
         head = policy_head("RocksDB"),
         port = sink.port()
     );
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     send(
         &server,
         &[
@@ -515,10 +497,7 @@ end)
 "#,
         head = policy_head("RocksDB")
     );
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     send(&server, &["ok@lua.test", "temp@lua.test", "perm@lua.test"]);
     let batch: Vec<String> = (0..3).map(|i| format!("b{i}@batch.test")).collect();
     let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
@@ -567,10 +546,7 @@ fn http_injection_immediate_and_deferred_generation_are_delivered() {
         "kumo.start_esmtp_listener",
         "kumo.start_http_listener { listen = '127.0.0.1:0' }\n  kumo.start_esmtp_listener",
     );
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     let request = |deferred: bool, tag: &str| {
         serde_json::json!({
             "envelope_sender": "s@example.com",
@@ -661,10 +637,7 @@ end)
         head = policy_head("RocksDB"),
         port = sink.port()
     );
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     send(&server, &["moved@example.com"]);
     let logs = server.dir().join("logs");
     let seen = wait_for_records(&logs, Duration::from_secs(30), |r| {
@@ -690,10 +663,7 @@ fn a_full_ready_queue_delays_without_counting_an_attempt() {
         ..SinkConfig::default()
     });
     let policy = relay_policy(sink.port(), "", "max_ready = 1, connection_limit = 1");
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     send(
         &server,
         &[
@@ -748,10 +718,7 @@ end)
         head = policy_head("RocksDB"),
         port = sink.port()
     );
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     let recipients: Vec<String> = (0..10).map(|i| format!("r{i}@example.com")).collect();
     let refs: Vec<&str> = recipients.iter().map(String::as_str).collect();
     send(&server, &refs);
@@ -801,10 +768,7 @@ kumo.on('smtp_client_rewrite_delivery_status', function(response, domain, tenant
 end)
 "#,
     );
-    let server = Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap();
+    let server = start_tern(policy);
     send(&server, &["permfail@example.com"]);
     let logs = server.dir().join("logs");
     let seen = wait_for_records(&logs, Duration::from_secs(30), |r| {
@@ -818,4 +782,52 @@ end)
         content.ends_with("(kumomta: status was rewritten from 550 -> 451)"),
         "{content}"
     );
+}
+
+#[test]
+fn queue_config_is_refreshed_after_its_refresh_interval() {
+    // get_queue_config reads the destination port from a file; after the
+    // file changes and refresh_interval passes, the same scheduled queue
+    // sends to the new destination.
+    let first = TestSink::start(SinkConfig::default());
+    let second = TestSink::start(SinkConfig::default());
+    let policy = format!(
+        r#"{head}
+kumo.on('get_queue_config', function()
+  local f = io.open('{{dir}}/port.txt')
+  local port = f:read('l')
+  f:close()
+  return kumo.make_queue_config {{
+    refresh_interval = '1s',
+    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:' .. port }} }} }},
+  }}
+end)
+kumo.on('get_egress_path_config', function()
+  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled' }}
+end)
+"#,
+        head = policy_head("LocalDisk")
+    );
+    let server = Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .file("port.txt", format!("{}\n", first.port()))
+        .start()
+        .unwrap();
+    send(&server, &["one@example.com"]);
+    let logs = server.dir().join("logs");
+    wait_for_records(&logs, Duration::from_secs(20), |r| {
+        count(r, "Delivery") >= 1
+    });
+    std::fs::write(
+        server.dir().join("port.txt"),
+        format!("{}\n", second.port()),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    send(&server, &["two@example.com"]);
+    wait_for_records(&logs, Duration::from_secs(20), |r| {
+        count(r, "Delivery") >= 2
+    });
+    assert_eq!(first.stats().messages, 1);
+    assert_eq!(second.stats().messages, 1);
 }

@@ -11,7 +11,6 @@
 use super::QueueManager;
 use super::scheduled::{Waiting, config_for};
 use mlua::IntoLuaMulti;
-use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tern_log::{LogRecord, MessageInfo, RecordType, Response, SourceAddress};
@@ -258,9 +257,7 @@ pub async fn requeue(mgr: &Arc<QueueManager>, msg: Message, how: Requeue, old_qu
         }
     };
     let schedule = RetrySchedule::from_config(&config);
-    let scheduling: Option<Scheduling> = msg
-        .scheduling()
-        .and_then(|value| serde_json::from_value(value).ok());
+    let scheduling = scheduling_of(&msg);
     let now = SystemTime::now();
     let created = msg.id().created();
     let decision = match how.delay {
@@ -372,12 +369,7 @@ async fn requeue_event(mgr: &QueueManager, msg: &Message, how: &Requeue) -> Opti
     match result {
         Ok(_) => None,
         Err(err) => match err.rejection() {
-            Some(rejection) => Some(
-                Response::from_smtp_reply(&format!("{} {}", rejection.code, rejection.message))
-                    .unwrap_or_else(|| {
-                        Response::new(rejection.code, None, rejection.message.clone())
-                    }),
-            ),
+            Some(rejection) => Some(rejection_response(rejection)),
             None => {
                 tracing::error!("requeue_message for {}: {err}", msg.id());
                 None
@@ -386,8 +378,15 @@ async fn requeue_event(mgr: &QueueManager, msg: &Message, how: &Requeue) -> Opti
     }
 }
 
-/// A random delay in `0..limit` (used to spread retries).
-pub fn spread(limit: Duration) -> Duration {
-    let millis = limit.as_millis().max(1) as u64;
-    Duration::from_millis(rand::rng().random_range(0..millis))
+/// The log response for a `kumo.reject(code, text)` raised by a policy
+/// event during delivery (`requeue_message`, custom Lua `send`).
+pub fn rejection_response(rejection: &tern_policy::Rejection) -> Response {
+    Response::from_smtp_reply(&format!("{} {}", rejection.code, rejection.message))
+        .unwrap_or_else(|| Response::new(rejection.code, None, rejection.message.clone()))
+}
+
+/// The message's `msg:set_scheduling` constraints, if any (§21).
+pub fn scheduling_of(msg: &Message) -> Option<Scheduling> {
+    msg.scheduling()
+        .and_then(|value| serde_json::from_value(value).ok())
 }

@@ -26,6 +26,7 @@ use tern_queue::config::CustomLuaProtocol;
 use tern_types::QueueName;
 
 /// What one `send` (or one message of a `send_batch`) came to.
+#[derive(Clone)]
 enum Sent {
     Delivered(String),
     Transient(Response, bool),
@@ -187,44 +188,29 @@ async fn send_one(object: &Table, msg: &Message) -> Sent {
 }
 
 async fn send_batch(lua: &mlua::Lua, object: &Table, batch: &[Message]) -> Vec<Sent> {
-    let same = |sent: &dyn Fn() -> Sent| batch.iter().map(|_| sent()).collect::<Vec<_>>();
-    let send = match object.get::<Function>("send_batch") {
-        Ok(send) => send,
-        Err(_) => {
-            return same(&|| {
-                Sent::Transient(
-                    internal(
-                        451,
-                        "4.4.4",
-                        "KumoMTA internal: the custom_lua object has no send_batch method \
-                         (batch_size > 1)",
-                    ),
-                    true,
-                )
-            });
-        }
+    // One call covers the whole batch, so every message shares its outcome.
+    let outcome = match object.get::<Function>("send_batch") {
+        Err(_) => Sent::Transient(
+            internal(
+                451,
+                "4.4.4",
+                "KumoMTA internal: the custom_lua object has no send_batch method \
+                 (batch_size > 1)",
+            ),
+            true,
+        ),
+        Ok(send) => match lua.create_sequence_from(batch.iter().cloned()) {
+            Err(err) => Sent::Transient(
+                internal(451, "4.4.4", &format!("KumoMTA internal: {err}")),
+                true,
+            ),
+            Ok(list) => match send.call_async::<Value>((object.clone(), list)).await {
+                Ok(value) => Sent::Delivered(success_text(value)),
+                Err(err) => failure(&err),
+            },
+        },
     };
-    let list = match lua.create_sequence_from(batch.iter().cloned()) {
-        Ok(list) => list,
-        Err(err) => {
-            let text = format!("KumoMTA internal: {err}");
-            return same(&|| Sent::Transient(internal(451, "4.4.4", &text), true));
-        }
-    };
-    match send.call_async::<Value>((object.clone(), list)).await {
-        Ok(value) => {
-            let text = success_text(value);
-            same(&|| Sent::Delivered(text.clone()))
-        }
-        Err(err) => {
-            let outcome = failure(&err);
-            same(&|| match &outcome {
-                Sent::Delivered(t) => Sent::Delivered(t.clone()),
-                Sent::Transient(r, c) => Sent::Transient(r.clone(), *c),
-                Sent::Bounced(r) => Sent::Bounced(r.clone()),
-            })
-        }
-    }
+    vec![outcome; batch.len()]
 }
 
 fn success_text(value: Value) -> String {
@@ -237,11 +223,7 @@ fn success_text(value: Value) -> String {
 fn failure(err: &mlua::Error) -> Sent {
     match Rejection::from_lua_error(err) {
         Some(rejection) => {
-            let response =
-                Response::from_smtp_reply(&format!("{} {}", rejection.code, rejection.message))
-                    .unwrap_or_else(|| {
-                        Response::new(rejection.code, None, rejection.message.clone())
-                    });
+            let response = disposition::rejection_response(rejection);
             if (400..500).contains(&rejection.code) {
                 Sent::Transient(response, rejection.code == 421)
             } else {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tern_log::{RecordType, Response};
 use tern_message::Message;
-use tern_queue::{RetrySchedule, Scheduling};
+use tern_queue::RetrySchedule;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RecoveryStats {
@@ -132,9 +132,7 @@ pub async fn recover(mgr: &Arc<QueueManager>) -> Result<RecoveryStats, String> {
             continue;
         };
         let created = msg.id().created();
-        let scheduling: Option<Scheduling> = msg
-            .scheduling()
-            .and_then(|value| serde_json::from_value(value).ok());
+        let scheduling = disposition::scheduling_of(&msg);
         let decision = schedule.after_restart(created, now).map(|(attempts, due)| {
             let due = match &scheduling {
                 Some(sched) => sched.adjust(due),

@@ -297,9 +297,7 @@ async fn promote(
 ) {
     // `msg:set_scheduling`: outside its window the message waits, without
     // counting an attempt (§21).
-    if let Some(value) = msg.scheduling()
-        && let Ok(scheduling) = serde_json::from_value::<tern_queue::Scheduling>(value)
-    {
+    if let Some(scheduling) = disposition::scheduling_of(&msg) {
         let now = SystemTime::now();
         let due = scheduling.adjust(now);
         if let Ok(wait) = due.duration_since(now)

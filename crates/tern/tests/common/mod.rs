@@ -121,6 +121,14 @@ end)
     )
 }
 
+/// Start the real `tern serve` on `policy` in a fresh folder.
+pub fn start_tern(policy: impl Into<String>) -> tern_testkit::TernServer {
+    tern_testkit::Builder::new(policy)
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap()
+}
+
 /// A short message body (dot-stuffed, CRLF-terminated).
 pub fn body(subject: &str) -> Vec<u8> {
     format!("Subject: {subject}\r\nFrom: s@example.com\r\n\r\nhello\r\n").into_bytes()
