@@ -831,3 +831,51 @@ end)
     assert_eq!(first.stats().messages, 1);
     assert_eq!(second.stats().messages, 1);
 }
+
+#[test]
+fn idle_scheduled_queues_are_reaped_and_recreated() {
+    // refresh_interval is long, so get_queue_config runs again only when
+    // the queue was reaped (reap_interval = 3s) and created anew.
+    let sink = TestSink::start(SinkConfig::default());
+    let policy = format!(
+        r#"{head}
+kumo.on('get_queue_config', function()
+  local f = io.open('{{dir}}/calls.txt', 'a')
+  f:write('call\n')
+  f:close()
+  return kumo.make_queue_config {{
+    refresh_interval = '1h', reap_interval = '3s',
+    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{port}' }} }} }},
+  }}
+end)
+kumo.on('get_egress_path_config', function()
+  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled' }}
+end)
+"#,
+        head = policy_head("LocalDisk"),
+        port = sink.port()
+    );
+    let server = start_tern(policy);
+    let calls = || {
+        std::fs::read_to_string(server.dir().join("calls.txt"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let logs = server.dir().join("logs");
+    send(&server, &["one@example.com"]);
+    wait_for_records(&logs, Duration::from_secs(20), |r| {
+        count(r, "Delivery") >= 1
+    });
+    send(&server, &["two@example.com"]);
+    wait_for_records(&logs, Duration::from_secs(20), |r| {
+        count(r, "Delivery") >= 2
+    });
+    assert_eq!(calls(), 1, "the live queue kept its configuration");
+    std::thread::sleep(Duration::from_secs(6));
+    send(&server, &["three@example.com"]);
+    wait_for_records(&logs, Duration::from_secs(20), |r| {
+        count(r, "Delivery") >= 3
+    });
+    assert_eq!(calls(), 2, "the idle queue was reaped and created again");
+}
