@@ -17,9 +17,11 @@
 //! MIME tree: parsing, building, decoded bodies) and [`mimepart_lua`] (the
 //! `kumo.mimepart` module and `msg:parse_mime()` objects), [`scheduling`]
 //! (validation of `set_scheduling` values), [`report`] (RFC 3464 delivery
-//! status parsing for `msg:parse_rfc3464()`).
+//! status parsing for `msg:parse_rfc3464()`), [`arf`] (RFC 5965 feedback
+//! reports for `msg:parse_rfc5965()` and `Feedback` log records).
 
 pub mod address;
+pub mod arf;
 pub mod edit;
 pub mod headers;
 pub mod lua;
@@ -31,6 +33,7 @@ pub mod report;
 pub mod scheduling;
 
 pub use address::{AddressHeader, Mailbox};
+pub use arf::{ArfReport, parse_rfc5965};
 pub use edit::{ImportHeaderSpec, ImportMatch, KeyTransform};
 pub use lua::{LuaAddressHeader, LuaEnvelopeAddress, LuaMailbox, json_to_lua, lua_to_json};
 pub use message::{Message, MessageState};

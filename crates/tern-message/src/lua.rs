@@ -40,7 +40,6 @@ pub const UNSUPPORTED_METHODS: &[&str] = &[
     "arc_verify",
     "arc_seal",
     "add_authentication_results",
-    "parse_rfc5965",
     "save",
 ];
 
@@ -416,6 +415,19 @@ impl UserData for Message {
                 None => Ok(LuaValue::Nil),
             },
         );
+        methods.add_method(
+            "parse_rfc5965",
+            |lua, this, ()| match crate::arf::parse_rfc5965(this.data())
+                .map_err(|why| runtime_error(format!("msg:parse_rfc5965: {why}")))?
+            {
+                Some(report) => {
+                    let json = serde_json::to_value(&report)
+                        .map_err(|err| runtime_error(err.to_string()))?;
+                    json_to_lua(lua, &json)
+                }
+                None => Ok(LuaValue::Nil),
+            },
+        );
         methods.add_method("parse_mime", |_, this, ()| {
             Ok(crate::mimepart_lua::LuaMimePart::new(
                 crate::mimepart::MimePart::parse(this.data()),
@@ -777,6 +789,49 @@ mod tests {
         let err = lua.load("msg:parse_rfc3464()").exec().unwrap_err();
         assert!(
             err.to_string().contains("malformed RFC 3464 report"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn parse_rfc5965_from_lua() {
+        use base64::Engine;
+        let (lua, msg) = setup();
+        run(&lua, "assert(msg:parse_rfc5965() == nil)");
+        let trace = base64::engine::general_purpose::STANDARD
+            .encode(r#"{"_@_":"\\_/","recipient":"alice@mailbox.example"}"#);
+        let original = format!("X-KumoRef: {trace}\r\nSubject: offers\r\n\r\nBuy now.\r\n");
+        msg.set_data(crate::arf::example_report(&original).into());
+        run(
+            &lua,
+            r#"
+            local report = msg:parse_rfc5965()
+            assert(report.feedback_type == 'abuse' and report.user_agent == 'MailboxFBL/3.2')
+            assert(report.version == '1' and report.incidents == 3)
+            assert(report.original_mail_from == 'bounces+42@news.example.org')
+            assert(#report.original_rcpto_to == 1 and report.original_rcpto_to[1] == 'alice@mailbox.example')
+            assert(report.reporting_mta.mta_type == 'dns' and report.reporting_mta.name == 'mx1.mailbox.example')
+            assert(report.arrival_date == '2025-01-14T14:30:00Z', report.arrival_date)
+            assert(report.original_envelope_id == nil)
+            assert(#report.reported_uri == 2)
+            assert(report.extensions['x-complaint-source'][1] == 'spam-button')
+            assert(report.supplemental_trace.recipient == 'alice@mailbox.example')
+            assert(report.supplemental_trace['_@_'] == nil)
+            assert(report.original_message:find('^X%-KumoRef: '))
+            "#,
+        );
+        msg.set_data(
+            crate::arf::example_report(&original)
+                .replacen("User-Agent: MailboxFBL/3.2\r\n", "", 1)
+                .into(),
+        );
+        let err = lua
+            .load("msg:parse_rfc5965()")
+            .exec()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("msg:parse_rfc5965: malformed RFC 5965 report: User-Agent is missing"),
             "{err}"
         );
     }

@@ -9,10 +9,10 @@
 
 use crate::headers::{HeaderBlock, decode_value};
 use crate::mimepart::{DecodedBody, MimePart};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// `type; value` fields such as `Reporting-MTA: dns; mx.example.com`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteMta {
     pub mta_type: String,
     pub name: String,
@@ -76,7 +76,7 @@ pub struct DeliveryReport {
 }
 
 /// The fields of one block: lowercased name and decoded value.
-fn fields_of(block: &[u8]) -> Vec<(String, String)> {
+pub(crate) fn fields_of(block: &[u8]) -> Vec<(String, String)> {
     let parsed = HeaderBlock::parse(block);
     parsed
         .fields
@@ -131,7 +131,7 @@ fn typed_pair(value: &str, field: &str) -> Result<(String, String), String> {
     Ok((kind.trim().to_ascii_lowercase(), rest.trim().to_string()))
 }
 
-fn mta(value: Option<&str>, field: &str) -> Result<Option<RemoteMta>, String> {
+pub(crate) fn mta(value: Option<&str>, field: &str) -> Result<Option<RemoteMta>, String> {
     value
         .map(|v| typed_pair(v, field).map(|(mta_type, name)| RemoteMta { mta_type, name }))
         .transpose()
