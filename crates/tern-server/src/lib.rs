@@ -28,6 +28,7 @@ pub mod queue;
 pub mod reception;
 pub mod startup;
 pub mod state;
+pub mod trace;
 
 pub use options::ServeOptions;
 pub use startup::serve;

@@ -8,7 +8,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use tern_log::{
-    FilterDecisions, HookMessage, LogHook, LogRecord, Logger, MessageInfo, RecordFilter,
+    EnhancedCode, FilterDecisions, HookMessage, LogHook, LogRecord, Logger, MessageInfo,
+    RecordFilter, RecordType, Response,
 };
 use tern_message::Message;
 use tern_spool::Spool;
@@ -184,7 +185,72 @@ impl Reception {
     /// The Reception record for `msg`, with the logger's meta capture done
     /// per logger at submit time.
     pub async fn log_reception(&self, msg: &Message, queue: &str, peer: Option<(&str, &str)>) {
-        let recipients: Vec<String> = msg.recipients().iter().map(|r| r.to_string()).collect();
+        let record = self.arrival_record(RecordType::Reception, msg, queue, peer, None);
+        self.log_for_message(record, msg).await;
+    }
+
+    /// The `Feedback` record of an ARF report received for a `log_arf`
+    /// domain (§3.7 step 6); `report` is the parsed report's JSON.
+    pub async fn log_feedback(
+        &self,
+        msg: &Message,
+        queue: &str,
+        peer: Option<(&str, &str)>,
+        report: serde_json::Value,
+    ) {
+        let mut record = self.arrival_record(RecordType::Feedback, msg, queue, peer, None);
+        record.feedback_report = Some(report);
+        self.log_for_message(record, msg).await;
+    }
+
+    /// One `OOB` record per `failed` recipient of an RFC 3464 report
+    /// received for a `log_oob` domain (§12.3): the reported recipient,
+    /// with the envelope recipient of the report as sender, and the code
+    /// taken from the report's diagnostic and status.
+    pub async fn log_oob(
+        &self,
+        msg: &Message,
+        queue: &str,
+        peer: Option<(&str, &str)>,
+        report: &tern_message::report::DeliveryReport,
+    ) {
+        let reported_to = msg
+            .first_recipient()
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        for rcpt in &report.per_recipient {
+            if !rcpt.action.eq_ignore_ascii_case("failed") {
+                continue;
+            }
+            let recipient = rcpt
+                .original_recipient
+                .as_ref()
+                .unwrap_or(&rcpt.final_recipient)
+                .recipient
+                .clone();
+            let mut record =
+                self.arrival_record(RecordType::OOB, msg, queue, peer, Some(&recipient));
+            record.sender = reported_to.clone();
+            record.size = 0;
+            record.response = oob_response(rcpt);
+            self.log_for_message(record, msg).await;
+        }
+    }
+
+    /// A record about `msg` as it arrived: envelope, peer, session and TLS
+    /// facts. `recipient` replaces the message's recipients when given.
+    fn arrival_record(
+        &self,
+        kind: RecordType,
+        msg: &Message,
+        queue: &str,
+        peer: Option<(&str, &str)>,
+        recipient: Option<&str>,
+    ) -> LogRecord {
+        let recipients: Vec<String> = match recipient {
+            Some(one) => vec![one.to_string()],
+            None => msg.recipients().iter().map(|r| r.to_string()).collect(),
+        };
         let recipient_refs: Vec<&str> = recipients.iter().map(String::as_str).collect();
         let sender = msg.sender().to_string();
         let protocol = msg.get_meta_str("reception_protocol");
@@ -197,7 +263,7 @@ impl Reception {
             num_attempts: msg.num_attempts() as u32,
             reception_protocol: protocol.as_deref(),
         };
-        let mut record = LogRecord::reception(self.node_id, info);
+        let mut record = LogRecord::for_message(kind, self.node_id, info);
         if let Some((name, addr)) = peer {
             record = record.with_peer(name, addr);
         }
@@ -213,7 +279,7 @@ impl Reception {
                 .and_then(|value| serde_json::from_value::<Vec<String>>(value).ok());
             record = record.with_tls(cipher, version, subject);
         }
-        self.log_for_message(record, msg).await;
+        record
     }
 
     /// Submit a record about `msg` to every logger that wants its type,
@@ -251,4 +317,25 @@ impl Reception {
         }
         self.feed_hooks(&record, Some(msg)).await;
     }
+}
+
+/// The response of an OOB record: the code of an `smtp;` diagnostic such
+/// as `smtp; 550 5.1.1 no such user` (else 550), the enhanced code from
+/// the report's `Status`, and the diagnostic's text.
+fn oob_response(rcpt: &tern_message::report::PerRecipient) -> Response {
+    let enhanced = Some(EnhancedCode::new(
+        rcpt.status.class,
+        rcpt.status.subject,
+        rcpt.status.detail,
+    ));
+    let Some(diagnostic) = &rcpt.diagnostic_code else {
+        return Response::new(550, enhanced, "");
+    };
+    let text = diagnostic.diagnostic.trim();
+    if diagnostic.diagnostic_type.eq_ignore_ascii_case("smtp")
+        && let Some(parsed) = Response::from_smtp_reply(text)
+    {
+        return Response::new(parsed.code, enhanced, parsed.content);
+    }
+    Response::new(550, enhanced, text)
 }

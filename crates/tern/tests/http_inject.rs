@@ -346,11 +346,16 @@ fn string_content_is_expanded_and_re_encoded_without_a_policy_hook() {
     assert!(text.starts_with("X-KumoRef: "), "{text}");
     assert!(text.contains("\r\nReceived: from example.com (127.0.0.1)\r\n  by inject.test (KumoMTA)\r\n  with HTTP id "), "{text}");
     assert!(text.contains("for <jorg@example.com>;"));
-    let kumoref = text
-        .lines()
+    // The header is folded over several lines; unfold it.
+    let mut lines = text.lines();
+    let mut kumoref = lines
         .next()
         .unwrap()
-        .trim_start_matches("X-KumoRef: ");
+        .trim_start_matches("X-KumoRef: ")
+        .to_string();
+    for line in lines.take_while(|l| l.starts_with([' ', '\t'])) {
+        kumoref.push_str(line.trim());
+    }
     let decoded = Command::new("python3")
         .arg("-c")
         .arg("import sys,base64;print(base64.b64decode(sys.argv[1]).decode())")

@@ -156,13 +156,6 @@ fn parse(raw: &Map<String, Value>) -> Result<EsmtpParams, String> {
             Value::Object(raw.clone())
         )
     })?;
-    // Accepted by the schema, but Tern has no deferred-injection queue yet:
-    // refusing is better than silently spooling the message normally.
-    if params.deferred_queue {
-        return Err(
-            "kumo.start_esmtp_listener: deferred_queue is not supported by Tern yet".into(),
-        );
-    }
     Ok(params)
 }
 
@@ -299,21 +292,17 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_and_unknown_options_are_refused() {
-        let err = config(json!({ "deferred_queue": true })).unwrap_err();
-        assert!(
-            err.contains("deferred_queue is not supported by Tern yet"),
-            "{err}"
-        );
-        let err =
-            config(json!({ "peer": { "10.0.0.0/8": { "deferred_queue": true } } })).unwrap_err();
-        assert!(err.contains("not supported by Tern yet"), "{err}");
+    fn unknown_options_are_refused_and_deferred_queue_is_per_block() {
+        let c = config(json!({ "peer": { "10.0.0.0/8": { "deferred_queue": true } } })).unwrap();
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let inside: IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(c.effective(inside, local, None).unwrap().deferred_queue);
+        assert!(!c.effective(local, local, None).unwrap().deferred_queue);
         // log_oob / log_arf belong to kumo.make_listener_domain, not here.
         let err = config(json!({ "log_oob": true })).unwrap_err();
         assert!(err.contains("unknown field `log_oob`"), "{err}");
         let c = config(json!({})).unwrap();
-        let local: IpAddr = "127.0.0.1".parse().unwrap();
-        let dynamic = json!({ "deferred_queue": true });
+        let dynamic = json!({ "no_such_option": true });
         assert!(c.effective(local, local, dynamic.as_object()).is_err());
     }
 }

@@ -12,6 +12,8 @@
 use super::listener::Listener;
 use super::params::{BatchHandling, EsmtpParams};
 use crate::conn_meta::ConnectionMeta;
+use crate::listener_domain::{ListenerDomain, ReportDisposition};
+use crate::queue::deferred_inject::DEFERRED_SMTP_INJECT_QUEUE;
 use crate::reception::{AcceptError, Arrival};
 use crate::state::ServerState;
 use bytes::{Bytes, BytesMut};
@@ -96,14 +98,69 @@ impl AuthVerdict {
     }
 }
 
-/// Which listener-domain rules make a recipient acceptable.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Relay {
-    /// RCPT time: relaying, or a domain whose ARF/OOB reports are logged.
-    OrReports,
-    /// End of DATA: relaying only (§3.7 step 6).
-    Only,
+/// What the relaying rules of §3.6 decided for a sender and recipient.
+#[derive(Clone, Copy, Default)]
+struct RelayDecision {
+    /// relay_hosts, the sender domain's `relay_from`, or the recipient
+    /// domain's `relay_to`.
+    relay: bool,
+    /// The recipient domain's report rules.
+    log_arf: ReportDisposition,
+    log_oob: ReportDisposition,
 }
+
+impl RelayDecision {
+    /// RCPT is accepted for relaying, or because reports to the domain
+    /// are logged.
+    fn accepts_recipient(&self) -> bool {
+        self.relay
+            || self.log_arf != ReportDisposition::Ignore
+            || self.log_oob != ReportDisposition::Ignore
+    }
+}
+
+/// An ARF or RFC 3464 report addressed to a domain that logs them.
+enum InboundReport {
+    /// The ARF report as the `feedback_report` of a Feedback record.
+    Feedback(serde_json::Value),
+    Oob(tern_message::report::DeliveryReport),
+}
+
+impl InboundReport {
+    /// The report `msg` carries, when its recipient domain logs that kind,
+    /// and whether it is still relayed (`LogThenRelay`). ARF is checked
+    /// first; a message that is not a report, or fails to parse as one,
+    /// is an ordinary message.
+    fn detect(msg: &Message, decision: &RelayDecision) -> Option<(Self, bool)> {
+        if decision.log_arf != ReportDisposition::Ignore {
+            match tern_message::parse_rfc5965(msg.data()) {
+                Ok(Some(report)) => match serde_json::to_value(&report) {
+                    Ok(json) => {
+                        let relay = decision.log_arf == ReportDisposition::LogThenRelay;
+                        return Some((Self::Feedback(json), relay));
+                    }
+                    Err(err) => tracing::error!("ARF report in {}: {err}", msg.id()),
+                },
+                Ok(None) => {}
+                Err(err) => tracing::debug!("{} is not a usable ARF report: {err}", msg.id()),
+            }
+        }
+        if decision.log_oob != ReportDisposition::Ignore {
+            match tern_message::report::parse_rfc3464(msg.data()) {
+                Ok(Some(report)) => {
+                    let relay = decision.log_oob == ReportDisposition::LogThenRelay;
+                    return Some((Self::Oob(report), relay));
+                }
+                Ok(None) => {}
+                Err(err) => tracing::debug!("{} is not a usable DSN: {err}", msg.id()),
+            }
+        }
+        None
+    }
+}
+
+/// How many domains' `get_listener_domain` answers a session remembers.
+const LISTENER_DOMAIN_CACHE: usize = 16;
 
 /// Why the session loop stopped.
 enum End {
@@ -133,6 +190,9 @@ pub struct Session {
     session_id: uuid::Uuid,
     rewrite_responses: bool,
     close_after_flush: bool,
+    /// `get_listener_domain` answers by domain for the current
+    /// transaction, most recent last.
+    listener_domains: Vec<(String, Option<ListenerDomain>)>,
 }
 
 impl Session {
@@ -178,6 +238,7 @@ impl Session {
             session_id,
             rewrite_responses: false,
             close_after_flush: false,
+            listener_domains: Vec::new(),
             params,
         };
         let _ = session.drive().await;
@@ -633,6 +694,10 @@ impl Session {
                 }
                 self.smtp.on_mail_accepted();
                 self.recipients.clear();
+                // The answers may depend on conn_meta (AUTH, STARTTLS,
+                // XCLIENT change it between transactions): remember them
+                // for one transaction only.
+                self.listener_domains.clear();
                 let text = format!("<{address}>");
                 self.sender = Some(address);
                 self.reply(Reply::address_ok(&text), Some(&verb)).await;
@@ -667,13 +732,10 @@ impl Session {
             return Ok(());
         }
         let sender_domain = self.sender.as_ref().map(|s| s.domain().to_string());
-        let Some(allowed) = self
-            .relay_allowed(sender_domain, &address, Relay::OrReports, verb)
-            .await?
-        else {
+        let Some(decision) = self.relay_decision(sender_domain, &address, verb).await? else {
             return Ok(());
         };
-        if !allowed {
+        if !decision.accepts_recipient() {
             let reply = Reply::relaying_not_permitted_for(&self.peer.to_string());
             self.reply(reply, Some(verb)).await;
             return Ok(());
@@ -706,68 +768,89 @@ impl Session {
     }
 
     /// §3.6: relay_hosts, or the listener-domain rules of the sender's or
-    /// the recipient's domain. With [`Relay::OrReports`] (RCPT time) a
-    /// recipient domain that logs ARF/OOB reports is also acceptable.
+    /// the recipient's domain; and the recipient domain's report rules.
     /// `Ok(None)`: the policy failed and that has been answered.
-    async fn relay_allowed(
+    async fn relay_decision(
         &mut self,
         sender_domain: Option<String>,
         recipient: &EnvelopeAddress,
-        mode: Relay,
         command: &str,
-    ) -> Result<Option<bool>, End> {
-        if self.params.relay_hosts.contains(self.peer.ip()) {
-            return Ok(Some(true));
+    ) -> Result<Option<RelayDecision>, End> {
+        let mut decision = RelayDecision {
+            relay: self.params.relay_hosts.contains(self.peer.ip()),
+            ..RelayDecision::default()
+        };
+        if !decision.relay
+            && let Some(domain) = sender_domain.filter(|d| !d.is_empty())
+        {
+            let Some(rules) = self.listener_domain(domain, command).await? else {
+                return Ok(None);
+            };
+            decision.relay = rules.is_some_and(|r| r.relay_from.contains(self.peer.ip()));
+        }
+        let domain = recipient.domain().to_string();
+        if !domain.is_empty() {
+            let Some(rules) = self.listener_domain(domain, command).await? else {
+                return Ok(None);
+            };
+            if let Some(rules) = rules {
+                decision.relay |= rules.relay_to;
+                decision.log_arf = rules.log_arf;
+                decision.log_oob = rules.log_oob;
+            }
+        }
+        Ok(Some(decision))
+    }
+
+    /// `get_listener_domain(domain, listener, conn_meta)`, remembered for
+    /// the session (§3.6). `Ok(None)`: the policy failed and that has been
+    /// answered; `Ok(Some(None))`: no rules for the domain.
+    async fn listener_domain(
+        &mut self,
+        domain: String,
+        command: &str,
+    ) -> Result<Option<Option<ListenerDomain>>, End> {
+        if let Some((_, rules)) = self
+            .listener_domains
+            .iter()
+            .find(|(d, _)| d.eq_ignore_ascii_case(&domain))
+        {
+            return Ok(Some(rules.clone()));
         }
         let listener = self.listener.local_addr.to_string();
-        let sender_domain = sender_domain.unwrap_or_default();
-        for (domain, is_sender) in [
-            (sender_domain, true),
-            (recipient.domain().to_string(), false),
-        ] {
-            if domain.is_empty() {
-                continue;
-            }
-            let meta = self.meta.clone();
-            let l = listener.clone();
-            let result = self
-                .state
-                .engine
-                .dispatch(
-                    "get_listener_domain",
-                    move |lua| (domain, l, meta).into_lua_multi(lua),
-                    |lua, values| match values.into_iter().next() {
-                        Some(value @ Value::Table(_)) => lua_to_json(lua, value).map(Some),
-                        _ => Ok(None),
-                    },
-                )
-                .await;
-            let rules = match result {
-                Ok(Some(Some(json))) => json,
-                Ok(_) => continue,
-                Err(err) => {
-                    self.policy_failure(err, Some(command)).await?;
-                    return Ok(None);
-                }
-            };
-            let rules: crate::listener_domain::ListenerDomain = match serde_json::from_value(rules)
-            {
-                Ok(rules) => rules,
+        let meta = self.meta.clone();
+        let key = domain.clone();
+        let result = self
+            .state
+            .engine
+            .dispatch(
+                "get_listener_domain",
+                move |lua| (key, listener, meta).into_lua_multi(lua),
+                |lua, values| match values.into_iter().next() {
+                    Some(value @ Value::Table(_)) => lua_to_json(lua, value).map(Some),
+                    _ => Ok(None),
+                },
+            )
+            .await;
+        let rules = match result {
+            Ok(Some(Some(json))) => match serde_json::from_value::<ListenerDomain>(json) {
+                Ok(rules) => Some(rules),
                 Err(err) => {
                     tracing::error!("get_listener_domain returned an invalid value: {err}");
-                    continue;
+                    None
                 }
-            };
-            if is_sender && rules.relay_from.contains(self.peer.ip()) {
-                return Ok(Some(true));
+            },
+            Ok(_) => None,
+            Err(err) => {
+                self.policy_failure(err, Some(command)).await?;
+                return Ok(None);
             }
-            if !is_sender
-                && (rules.relay_to || (mode == Relay::OrReports && rules.accepts_reports()))
-            {
-                return Ok(Some(true));
-            }
+        };
+        if self.listener_domains.len() == LISTENER_DOMAIN_CACHE {
+            self.listener_domains.remove(0);
         }
-        Ok(Some(false))
+        self.listener_domains.push((domain, rules.clone()));
+        Ok(Some(rules))
     }
 
     /// AUTH PLAIN (§3.11): the ordering checks, the `334` continuation,
@@ -1045,6 +1128,13 @@ impl Session {
                 data = with_header.into();
             }
             let msg = Message::new(id, base.sender(), batch, base.meta(), data);
+            if self.params.deferred_queue {
+                // The policy sees the message later, in the queue layer
+                // (`smtp_server_message_deferred_inject`).
+                msg.set_meta("queue", DEFERRED_SMTP_INJECT_QUEUE.into());
+                accepted.push(msg);
+                continue;
+            }
             let meta = self.meta.clone();
             let m = msg.clone();
             if !self
@@ -1073,45 +1163,50 @@ impl Session {
         }
         // §3.7 step 6: relaying is decided again per message, with its
         // own sender and first recipient (the policy may have changed
-        // them). A message that will not be relayed is logged but not
-        // spooled. Tern cannot parse ARF/OOB reports yet, so a message
-        // accepted at RCPT only because its domain logs reports ends here.
-        let (accepted, refused) = if self.params.relay_hosts.contains(self.peer.ip()) {
-            // The common case for an injector: no per-message work.
-            (accepted, Vec::new())
-        } else {
-            let mut relayed = Vec::with_capacity(accepted.len());
-            let mut refused = Vec::new();
-            for msg in accepted {
-                let Some(first) = msg.recipients().into_iter().next() else {
-                    continue;
-                };
-                let sender = msg.sender();
-                let sender_domain = (!sender.is_null()).then(|| sender.domain().to_string());
-                match self
-                    .relay_allowed(sender_domain, &first, Relay::Only, ".")
-                    .await?
-                {
-                    Some(true) => relayed.push(msg),
-                    Some(false) => refused.push(msg),
-                    None => return Ok(()),
-                }
-            }
-            (relayed, refused)
-        };
-        if !refused.is_empty() {
-            let ehlo = self.smtp.ehlo_domain().unwrap_or("").to_string();
-            let peer_ip = self.peer.ip().to_string();
-            for msg in &refused {
-                let queue = msg.queue_name().unwrap_or_default();
-                reception
-                    .log_reception(msg, &queue, Some((&ehlo, &peer_ip)))
-                    .await;
-            }
-            if accepted.is_empty() {
-                self.reply(Reply::relaying_not_permitted(), Some(".")).await;
+        // them), and a message to a domain that logs reports is checked
+        // for being one. A message that is neither relayed nor a report is
+        // logged but not spooled.
+        let mut relayed = Vec::with_capacity(accepted.len());
+        let mut refused = Vec::new();
+        let mut reports = Vec::new();
+        let mut ids = Vec::with_capacity(accepted.len());
+        for msg in accepted {
+            let Some(first) = msg.first_recipient() else {
+                continue;
+            };
+            let sender = msg.sender();
+            let sender_domain = (!sender.is_null()).then(|| sender.domain().to_string());
+            let Some(decision) = self.relay_decision(sender_domain, &first, ".").await? else {
                 return Ok(());
+            };
+            let (report, relay) = match InboundReport::detect(&msg, &decision) {
+                Some((report, relay)) => (Some(report), relay),
+                None => (None, decision.relay),
+            };
+            if relay || report.is_some() {
+                ids.push(msg.id().to_string());
             }
+            match (relay, report) {
+                (true, report) => {
+                    if let Some(report) = report {
+                        reports.push((msg.clone(), report));
+                    }
+                    relayed.push(msg);
+                }
+                (false, Some(report)) => reports.push((msg, report)),
+                (false, None) => refused.push(msg),
+            }
+        }
+        let ehlo = self.smtp.ehlo_domain().unwrap_or("").to_string();
+        let peer_ip = self.peer.ip().to_string();
+        let peer = Some((ehlo.as_str(), peer_ip.as_str()));
+        for msg in &refused {
+            let queue = msg.queue_name().unwrap_or_default();
+            reception.log_reception(msg, &queue, peer).await;
+        }
+        if relayed.is_empty() && reports.is_empty() {
+            self.reply(Reply::relaying_not_permitted(), Some(".")).await;
+            return Ok(());
         }
 
         // The disk may have filled since the connection was accepted:
@@ -1120,26 +1215,38 @@ impl Session {
             self.reply(reply, Some(".")).await;
             return Ok(());
         }
-        let ids: Vec<String> = accepted.iter().map(|m| m.id().to_string()).collect();
-        let ehlo = self.smtp.ehlo_domain().unwrap_or("").to_string();
-        let peer_ip = self.peer.ip().to_string();
         let arrival = Arrival {
-            peer: Some((&ehlo, &peer_ip)),
+            peer,
             deferred_spool: self.params.deferred_spool,
         };
-        match reception.accept(accepted, arrival).await {
-            Ok(_) => {}
-            Err(err @ AcceptError::QueueName { .. }) => {
-                tracing::error!("{err}");
-                self.reply(Reply::technical_difficulties(&self.hostname), Some("."))
-                    .await;
-                return Ok(());
+        if !relayed.is_empty() {
+            match reception.accept(relayed, arrival).await {
+                Ok(_) => {}
+                Err(err @ AcceptError::QueueName { .. }) => {
+                    tracing::error!("{err}");
+                    self.reply(Reply::technical_difficulties(&self.hostname), Some("."))
+                        .await;
+                    return Ok(());
+                }
+                Err(err @ AcceptError::Spool(_)) => {
+                    tracing::error!("{err}");
+                    self.reply(Reply::spool_not_accepting_writes(&self.hostname), Some("."))
+                        .await;
+                    return Ok(());
+                }
             }
-            Err(err @ AcceptError::Spool(_)) => {
-                tracing::error!("{err}");
-                self.reply(Reply::spool_not_accepting_writes(&self.hostname), Some("."))
-                    .await;
-                return Ok(());
+        }
+        // Logged once the relayed messages are safe, so a client retrying
+        // after a spool failure does not log its report twice.
+        for (msg, report) in &reports {
+            let queue = msg.queue_name().unwrap_or_default();
+            match report {
+                InboundReport::Feedback(json) => {
+                    reception
+                        .log_feedback(msg, &queue, peer, json.clone())
+                        .await
+                }
+                InboundReport::Oob(dsn) => reception.log_oob(msg, &queue, peer, dsn).await,
             }
         }
         self.reply(Reply::queued(&ids, false), Some(".")).await;
@@ -1253,27 +1360,18 @@ impl Session {
 
     /// The supplemental `X-KumoRef` header (§3.10).
     fn supplemental_header(&self, msg: &Message) {
-        use base64::Engine;
-        let mut object = serde_json::Map::new();
-        object.insert("_@_".into(), "\\_/".into());
         let recipients: Vec<String> = msg.recipients().iter().map(|r| r.to_string()).collect();
-        object.insert(
-            "recipient".into(),
-            if recipients.len() == 1 {
-                recipients[0].clone().into()
-            } else {
-                recipients.into()
-            },
-        );
-        for name in &self.params.trace_headers.include_meta_names {
-            if let Some(value) = msg.get_meta(name) {
-                object.insert(name.clone(), value);
-            }
-        }
-        let json = serde_json::Value::Object(object).to_string();
-        let encoded = base64::engine::general_purpose::STANDARD.encode(json);
-        if let Err(err) = msg.prepend_header(&self.params.trace_headers.header_name, &encoded, true)
-        {
+        let recipient = if recipients.len() == 1 {
+            recipients[0].clone().into()
+        } else {
+            recipients.into()
+        };
+        let trace = &self.params.trace_headers;
+        let value =
+            crate::trace::supplemental_value(recipient, &trace.include_meta_names, |name| {
+                msg.get_meta(name)
+            });
+        if let Err(err) = msg.prepend_header(&trace.header_name, &value, false) {
             tracing::warn!("cannot add the supplemental trace header: {err}");
         }
     }

@@ -18,7 +18,6 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use bytes::Bytes;
 use mlua::IntoLuaMulti;
 use serde_json::{Map, Value};
@@ -432,21 +431,17 @@ fn generate_all(request: &InjectRequest, context: &Context) -> Result<Vec<Prepar
     Ok(prepared)
 }
 
-/// The base64 payload of the supplemental trace header (§3.10).
+/// The supplemental trace header's value (§3.10) for one recipient.
 fn supplemental_value(
     email: &str,
     request: &InjectRequest,
     meta: impl Fn(&str) -> Option<Value>,
 ) -> String {
-    let mut object = Map::new();
-    object.insert("_@_".into(), "\\_/".into());
-    object.insert("recipient".into(), email.into());
-    for name in &request.trace_headers.include_meta_names {
-        if let Some(value) = meta(name) {
-            object.insert(name.clone(), value);
-        }
-    }
-    base64::engine::general_purpose::STANDARD.encode(Value::Object(object).to_string())
+    crate::trace::supplemental_value(
+        email.into(),
+        &request.trace_headers.include_meta_names,
+        meta,
+    )
 }
 
 /// Run `http_message_generated(msg, auth_info)`; an error or

@@ -138,7 +138,9 @@ pub async fn log_full(
     };
     let mut record = LogRecord::attempt(kind, reception.node_id, info, site, response);
     if let Some(facts) = facts {
-        record = record.with_egress(&facts.egress_pool, &facts.egress_source);
+        if !facts.egress_source.is_empty() {
+            record = record.with_egress(&facts.egress_pool, &facts.egress_source);
+        }
         if let Some((name, addr)) = &facts.peer {
             record = record.with_peer(name, addr);
         }
@@ -325,7 +327,7 @@ pub async fn requeue(mgr: &Arc<QueueManager>, msg: Message, how: Requeue, old_qu
 }
 
 /// Write back whatever the spool does not have yet.
-async fn persist(mgr: &QueueManager, msg: &Message) {
+pub async fn persist(mgr: &QueueManager, msg: &Message) {
     let id = msg.id();
     if msg.is_data_dirty() {
         match mgr.reception.data.store(id, msg.data()).await {

@@ -23,13 +23,15 @@
 //! attempt counter only (see [`scheduled::Waiting`]); its body and
 //! metadata are read back from the spool when it is due.
 //!
-//! Modules: [`scheduled`] (scheduled queues and their maintainer task),
+//! Modules: [`deferred_inject`] (the `deferred_queue` listener option's
+//! queue), [`scheduled`] (scheduled queues and their maintainer task),
 //! [`ready`] (ready queues and dispatchers), [`lua_delivery`] (the
 //! `custom_lua` protocol), [`policy`] (the Lua events
 //! that configure queues, sources, pools and paths, with their caches),
 //! [`disposition`] (logging outcomes, requeue, expiry, removal),
 //! [`recovery`] (spool enumeration at startup).
 
+pub mod deferred_inject;
 pub mod disposition;
 pub mod lua_delivery;
 pub mod policy;
@@ -82,6 +84,9 @@ pub struct QueueManager {
     pub generator: OnceLock<Arc<dyn DeferredGenerator>>,
     /// Sources suspended by `suspend_when_unplumbed`, until the instant.
     pub(crate) suspended_sources: Mutex<HashMap<String, std::time::Instant>>,
+    /// How many `smtp_server_message_deferred_inject` events may run at
+    /// once (KumoMTA suggests a small multiple of the CPU count).
+    pub(crate) deferred_inject_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl QueueManager {
@@ -105,6 +110,9 @@ impl QueueManager {
             shutdown,
             generator: OnceLock::new(),
             suspended_sources: Mutex::new(HashMap::new()),
+            deferred_inject_slots: Arc::new(tokio::sync::Semaphore::new(
+                2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            )),
         })
     }
 

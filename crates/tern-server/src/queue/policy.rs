@@ -46,6 +46,10 @@ fn opt(value: &Option<String>) -> Option<String> {
 /// `get_queue_config` for the queue `name`; `None` from every handler (or
 /// no handler) means all defaults.
 pub async fn queue_config(mgr: &QueueManager, name: &str) -> Result<QueueConfig, String> {
+    if name == super::deferred_inject::DEFERRED_SMTP_INJECT_QUEUE {
+        // Fixed by design: the policy never configures this queue.
+        return Ok(super::deferred_inject::queue_config());
+    }
     let parsed = QueueName::parse(name);
     let args = (
         parsed.domain.clone(),

@@ -320,6 +320,10 @@ async fn promote(
         generate(mgr, &queue.name, msg).await;
         return;
     }
+    if queue.name == super::deferred_inject::DEFERRED_SMTP_INJECT_QUEUE {
+        super::deferred_inject::dispatch(mgr, msg).await;
+        return;
+    }
     let name = QueueName::parse(&queue.name);
     let routing_domain = msg
         .get_meta_str("routing_domain")

@@ -109,13 +109,18 @@ pub fn event_seconds(record: &Value) -> f64 {
 /// The start of a policy: spools, a log directory flushed every second,
 /// and an SMTP listener that relays for loopback.
 pub fn policy_head(spool_kind: &str) -> String {
+    policy_head_with_listener(spool_kind, "relay_hosts = { '127.0.0.1' }")
+}
+
+/// [`policy_head`] with other listener options (`listen` is set).
+pub fn policy_head_with_listener(spool_kind: &str, listener: &str) -> String {
     format!(
         r#"local kumo = require 'kumo'
 kumo.on('init', function()
   kumo.define_spool {{ name = 'data', path = '{{dir}}/spool/data', kind = '{spool_kind}', min_free_space = '1%' }}
   kumo.define_spool {{ name = 'meta', path = '{{dir}}/spool/meta', kind = '{spool_kind}', min_free_space = '1%' }}
   kumo.configure_local_logs {{ log_dir = '{{dir}}/logs', max_segment_duration = '1s' }}
-  kumo.start_esmtp_listener {{ listen = '127.0.0.1:0', relay_hosts = {{ '127.0.0.1' }} }}
+  kumo.start_esmtp_listener {{ listen = '127.0.0.1:0', {listener} }}
 end)
 "#
     )
