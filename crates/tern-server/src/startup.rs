@@ -23,7 +23,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     let recorder = InitRecorder::default();
     let mut engine_options = EngineOptions::new(options.policy.clone());
     engine_options.validating = options.validate;
-    let (registrars, dns) = registrars(&recorder)?;
+    // §1.2 step 1: memory limits first, so the policy can override them.
+    let memory = Arc::new(crate::memory::MemoryGovernor::discover());
+    let (registrars, dns) = registrars(&recorder, &memory)?;
     for registrar in registrars {
         engine_options.registrars.push(registrar);
     }
@@ -92,8 +94,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
         crate::state::hostname(),
         node_id,
         engine.clone(),
+        memory.clone(),
     ));
     drop(lua);
+    let _memory_sampler = memory.spawn_sampler(std::time::Duration::from_secs(1));
 
     // Listeners are bound first so their ports are known and bind errors
     // stop startup early; they answer "waiting for spool startup" until
@@ -175,6 +179,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
 #[allow(clippy::type_complexity)]
 fn registrars(
     recorder: &InitRecorder,
+    memory: &Arc<crate::memory::MemoryGovernor>,
 ) -> anyhow::Result<(Vec<Arc<dyn LuaRegistrar>>, tern_dns::DnsHandle)> {
     let dns = match tern_dns::DnsHandle::system() {
         Ok(handle) => handle,
@@ -193,6 +198,7 @@ fn registrars(
     let registrars: Vec<Arc<dyn LuaRegistrar>> = vec![
         Arc::new(recorder.clone()),
         Arc::new(crate::listener_domain::ListenerDomainRegistrar),
+        Arc::new(crate::memory::MemoryRegistrar(memory.clone())),
         Arc::new(tern_dns::DnsRegistrar::new(dns.clone())),
         Arc::new(tern_queue::lua::QueueLuaRegistrar),
         Arc::new(tern_message::mimepart_lua::register),

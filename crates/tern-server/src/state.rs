@@ -1,5 +1,6 @@
 //! Process-wide server state passed to every component by value (`Arc`).
 
+use crate::memory::MemoryGovernor;
 use crate::reception::Reception;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -11,18 +12,26 @@ pub struct ServerState {
     pub hostname: String,
     pub node_id: Uuid,
     pub engine: PolicyEngine,
+    /// Memory limits and the load-shedding flag (§3.2).
+    pub memory: Arc<MemoryGovernor>,
     spool_ready: AtomicBool,
     shutdown: watch::Sender<bool>,
     reception: OnceLock<Arc<Reception>>,
 }
 
 impl ServerState {
-    pub fn new(hostname: String, node_id: Uuid, engine: PolicyEngine) -> Self {
+    pub fn new(
+        hostname: String,
+        node_id: Uuid,
+        engine: PolicyEngine,
+        memory: Arc<MemoryGovernor>,
+    ) -> Self {
         let (shutdown, _) = watch::channel(false);
         Self {
             hostname,
             node_id,
             engine,
+            memory,
             spool_ready: AtomicBool::new(false),
             shutdown,
             reception: OnceLock::new(),
@@ -67,6 +76,8 @@ impl ServerState {
             Some("shutting down")
         } else if !self.spool_ready() {
             Some("waiting for spool startup")
+        } else if self.memory.over_soft_limit() {
+            Some("load shedding")
         } else {
             None
         }

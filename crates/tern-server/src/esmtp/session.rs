@@ -249,6 +249,7 @@ impl Session {
         if let Some(reason) = self.state.ingress_refusal() {
             let reply = match reason {
                 "waiting for spool startup" => Reply::waiting_for_spool(&self.hostname),
+                "load shedding" => Reply::load_shedding(&self.hostname),
                 _ => Reply::shutting_down(&self.hostname),
             };
             return self.final_reply(reply).await;

@@ -488,7 +488,8 @@ mod tests {
         std::fs::write(&policy_path, policy).unwrap();
         let engine = PolicyEngine::new(EngineOptions::new(&policy_path));
         let node_id = uuid::Uuid::new_v4();
-        let state = Arc::new(ServerState::new("gen.test".into(), node_id, engine));
+        let memory = Arc::new(crate::memory::MemoryGovernor::discover());
+        let state = Arc::new(ServerState::new("gen.test".into(), node_id, engine, memory));
         let open = |name: &str| {
             Spool::open(&SpoolConfig::new(
                 name,

@@ -120,6 +120,20 @@ async fn check_liveness(State(listener): State<Arc<HttpListener>>) -> Response {
     (StatusCode::OK, "OK").into_response()
 }
 
+/// `GET /api/admin/memory/stats`: usage, limits and the load-shedding
+/// state, as indented JSON for people.
+async fn memory_stats(State(listener): State<Arc<HttpListener>>) -> Response {
+    let stats = listener.state.memory.stats();
+    match serde_json::to_string_pretty(&stats) {
+        Ok(text) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            text,
+        )
+            .into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    }
+}
+
 async fn openapi_json() -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -177,6 +191,7 @@ pub fn router(listener: Arc<HttpListener>) -> Router {
         .route("/api/check-liveness/v1", get(check_liveness))
         .route("/api/inject/v1", post(inject::inject))
         .route("/api-docs/openapi.json", get(openapi_json))
+        .route("/api/admin/memory/stats", get(memory_stats))
         .layer(middleware::from_fn_with_state(
             listener.clone(),
             authenticate,

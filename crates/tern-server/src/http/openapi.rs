@@ -203,7 +203,7 @@ pub fn openapi_spec() -> String {
                         "415": error_response("Content-Type is not application/json, or the Content-Encoding is unsupported."),
                         "422": error_response("A field has the wrong type or is missing, a template does not compile, a builder field is invalid, or a feature is not supported by Tern yet."),
                         "500": error_response("The envelope sender is invalid, or an internal error."),
-                        "503": error_response("Not accepting messages now: shutting down, waiting for spool startup, disk is too full, or a spool write failed.")
+                        "503": error_response("Not accepting messages now: shutting down, waiting for spool startup, load shedding (memory), disk is too full, or a spool write failed.")
                     }
                 }
             },
@@ -214,7 +214,17 @@ pub fn openapi_spec() -> String {
                     "security": [ {} ],
                     "responses": {
                         "200": text_response("Ready."),
-                        "503": text_response("Not ready; the body says why (shutting down, waiting for spool startup, disk is too full).")
+                        "503": text_response("Not ready; the body says why (shutting down, waiting for spool startup, load shedding, disk is too full).")
+                    }
+                }
+            },
+            "/api/admin/memory/stats": {
+                "get": {
+                    "operationId": "memory_stats",
+                    "summary": "Memory usage, the hard and soft limits, the low threshold, and whether load shedding is active.",
+                    "responses": {
+                        "200": text_response("Indented JSON for people."),
+                        "401": text_response("Authentication failed, or the peer is neither trusted nor authenticated.")
                     }
                 }
             },
