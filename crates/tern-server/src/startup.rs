@@ -171,6 +171,16 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     }
     let _ = reception.data.close().await;
     let _ = reception.meta.close().await;
+    for spool in [&reception.data, &reception.meta] {
+        let stats = spool.stats();
+        tracing::info!(
+            "spool {}: {} messages stored in {} group commits ({} syncs) since startup",
+            spool.name(),
+            stats.stores,
+            stats.commits,
+            stats.syncs
+        );
+    }
     tracing::info!("shutdown complete");
     Ok(0)
 }

@@ -23,11 +23,65 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Most requests folded into one `WriteBatch`.
 const MAX_BATCH: usize = 4096;
+
+/// How long a synced commit may wait for more stores (group commit):
+/// about one sync's wall time on the machines measured.
+const COMMIT_DELAY: Duration = Duration::from_micros(250);
+
+/// Stores per second from which [`COMMIT_DELAY`] is used: at this rate
+/// about two more stores arrive during the delay. Below it (a lone
+/// client) a commit never waits.
+const COMMIT_DELAY_MIN_RATE: f64 = 10_000.0;
+
+/// Measures the rate of stores over short windows and says whether a
+/// synced commit should wait for company (Postgres' `commit_delay`, made
+/// adaptive so that light traffic pays no latency).
+#[derive(Debug)]
+struct CommitPacer {
+    window_start: Option<Instant>,
+    window_stores: u64,
+    rate: f64,
+}
+
+impl Default for CommitPacer {
+    fn default() -> Self {
+        Self {
+            window_start: None,
+            window_stores: 0,
+            rate: 0.0,
+        }
+    }
+}
+
+/// How often the measured rate is renewed.
+const RATE_WINDOW: Duration = Duration::from_millis(100);
+
+impl CommitPacer {
+    fn delay(&self) -> Duration {
+        if self.rate >= COMMIT_DELAY_MIN_RATE {
+            COMMIT_DELAY
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// A commit of `stores` stores is about to happen at `now`.
+    fn record(&mut self, stores: u64, now: Instant) {
+        let start = *self.window_start.get_or_insert(now);
+        self.window_stores += stores;
+        let elapsed = now.duration_since(start);
+        if elapsed >= RATE_WINDOW {
+            self.rate = self.window_stores as f64 / elapsed.as_secs_f64();
+            self.window_start = Some(now);
+            self.window_stores = 0;
+        }
+    }
+}
 
 enum Request {
     Store {
@@ -65,6 +119,11 @@ fn is_fatal(err: &rocksdb::Error) -> bool {
 pub(crate) fn options(params: &RocksParams) -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
+    // Reused WAL files are overwritten in place, so the sync before each
+    // 250 does not also have to journal a file-size change: on ext4 that
+    // halves the cost of an fdatasync (measured: 49 vs 80 µs of system
+    // time, 101 vs 185 µs of wall time per sync).
+    opts.set_recycle_log_file_num(4);
     if let Some(threads) = params.increase_parallelism {
         opts.increase_parallelism(threads);
     }
@@ -295,33 +354,58 @@ impl Writer {
         let mut batch = WriteBatch::default();
         let mut waiters: Vec<oneshot::Sender<Result<()>>> = Vec::new();
         let mut stores = 0u64;
+        let mut pacer = CommitPacer::default();
         while let Ok(first) = rx.recv() {
             let mut next = Some(first);
-            while let Some(request) = next.take() {
-                match request {
-                    Request::Store { id, bytes, done } => {
-                        batch.put(id.as_bytes(), &bytes);
-                        waiters.push(done);
-                        stores += 1;
+            let mut waited = false;
+            loop {
+                while let Some(request) = next.take() {
+                    match request {
+                        Request::Store { id, bytes, done } => {
+                            batch.put(id.as_bytes(), &bytes);
+                            waiters.push(done);
+                            stores += 1;
+                        }
+                        Request::Remove { id, done } => {
+                            batch.delete(id.as_bytes());
+                            waiters.push(done);
+                        }
+                        Request::Close { done } => {
+                            self.commit(&mut batch, &mut waiters, &mut stores);
+                            let _ = done.send(Ok(()));
+                            return;
+                        }
+                        Request::Shutdown => {
+                            self.commit(&mut batch, &mut waiters, &mut stores);
+                            return;
+                        }
                     }
-                    Request::Remove { id, done } => {
-                        batch.delete(id.as_bytes());
-                        waiters.push(done);
-                    }
-                    Request::Close { done } => {
-                        self.commit(&mut batch, &mut waiters, &mut stores);
-                        let _ = done.send(Ok(()));
-                        return;
-                    }
-                    Request::Shutdown => {
-                        self.commit(&mut batch, &mut waiters, &mut stores);
-                        return;
+                    if waiters.len() < MAX_BATCH {
+                        next = rx.try_recv().ok();
                     }
                 }
-                if waiters.len() < MAX_BATCH {
-                    next = rx.try_recv().ok();
+                // Nothing else is queued. Under a steady stream of stores,
+                // waiting a moment for more makes one sync serve more
+                // messages (the sync, not the write, is the cost). The
+                // thread sleeps through the wait instead of waking for
+                // each arrival, then takes whatever came.
+                let delay = pacer.delay();
+                if waited
+                    || !self.flush
+                    || stores == 0
+                    || delay.is_zero()
+                    || waiters.len() >= MAX_BATCH
+                {
+                    break;
+                }
+                waited = true;
+                std::thread::sleep(delay);
+                next = rx.try_recv().ok();
+                if next.is_none() {
+                    break;
                 }
             }
+            pacer.record(stores, Instant::now());
             self.commit(&mut batch, &mut waiters, &mut stores);
         }
     }
@@ -363,5 +447,35 @@ impl Writer {
             }
         }
         *stores = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_pacer_waits_only_under_a_steady_stream() {
+        let mut pacer = CommitPacer::default();
+        let t0 = Instant::now();
+        assert_eq!(pacer.delay(), Duration::ZERO);
+        // A lone client: one store every 340 µs, about 3,000/s.
+        for i in 0..=300u64 {
+            pacer.record(1, t0 + Duration::from_micros(i * 340));
+        }
+        assert_eq!(pacer.delay(), Duration::ZERO);
+        // Fifty clients: 3 stores every 120 µs = 25,000/s.
+        let t1 = t0 + Duration::from_millis(200);
+        for i in 0..=1000u64 {
+            pacer.record(3, t1 + Duration::from_micros(i * 120));
+        }
+        assert_eq!(pacer.delay(), COMMIT_DELAY);
+        // Traffic stops, then a trickle: back to no delay.
+        let t2 = t1 + Duration::from_secs(5);
+        pacer.record(1, t2);
+        for i in 1..=20u64 {
+            pacer.record(1, t2 + Duration::from_millis(i * 10));
+        }
+        assert_eq!(pacer.delay(), Duration::ZERO);
     }
 }

@@ -600,6 +600,8 @@ end)
         eprintln!("skipping: fallocate is not supported here");
         return;
     }
+    // The spool reuses a free-space verdict for 50 ms.
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let (code, text) = smtp
         .send_message(
             "a@example.com",
