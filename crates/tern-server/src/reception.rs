@@ -32,6 +32,25 @@ pub enum AcceptError {
     Spool(String),
 }
 
+/// Why [`Reception::accept_within`] gave up. Nothing of the batch was
+/// kept or logged.
+#[derive(Debug)]
+pub enum AcceptFailure {
+    Refused(AcceptError),
+    /// The deadline passed at this stage of §3.7 (`resolve`: computing
+    /// queue names; `spool`: writing the spools).
+    Timeout(&'static str),
+}
+
+/// The record that says a message arrived.
+pub enum ArrivalRecord {
+    Reception,
+    /// An ARF report for a `log_arf` domain that is still relayed: its
+    /// `Feedback` record (with this `feedback_report`) replaces the
+    /// Reception record (§12.3).
+    Feedback(serde_json::Value),
+}
+
 /// How a batch arrived, for the Reception records.
 pub struct Arrival<'a> {
     /// `(EHLO name or "", peer IP)` for `peer_address`.
@@ -74,29 +93,71 @@ impl Reception {
         messages: Vec<Message>,
         arrival: Arrival<'_>,
     ) -> Result<Vec<String>, AcceptError> {
+        let arrivals = messages
+            .into_iter()
+            .map(|msg| (msg, ArrivalRecord::Reception))
+            .collect();
+        match self.accept_within(arrivals, arrival, None).await {
+            Ok(queues) => Ok(queues),
+            Err(AcceptFailure::Refused(err)) => Err(err),
+            // Only reachable with a deadline, and there is none here.
+            Err(AcceptFailure::Timeout(stage)) => Err(AcceptError::Spool(format!(
+                "deadline exceeded while {stage}"
+            ))),
+        }
+    }
+
+    /// [`Reception::accept`] with a deadline (the SMTP listener's
+    /// `data_processing_timeout`) and a choice of arrival record per
+    /// message. The deadline is checked after the queue names are
+    /// computed and after the spool writes; when it has passed, what was
+    /// written is removed and nothing is logged, so the client's retry is
+    /// the only copy.
+    pub async fn accept_within(
+        &self,
+        messages: Vec<(Message, ArrivalRecord)>,
+        arrival: Arrival<'_>,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Vec<String>, AcceptFailure> {
+        let expired = || deadline.is_some_and(|d| std::time::Instant::now() > d);
         let mut queues = Vec::with_capacity(messages.len());
-        for msg in &messages {
-            let queue = msg.queue_name().map_err(|reason| AcceptError::QueueName {
-                id: msg.id().to_string(),
-                reason: reason.to_string(),
+        for (msg, _) in &messages {
+            let queue = msg.queue_name().map_err(|reason| {
+                AcceptFailure::Refused(AcceptError::QueueName {
+                    id: msg.id().to_string(),
+                    reason: reason.to_string(),
+                })
             })?;
             queues.push(queue);
+        }
+        if expired() {
+            return Err(AcceptFailure::Timeout("resolve"));
         }
         if !arrival.deferred_spool {
             let to_spool: Vec<Message> = messages
                 .iter()
                 .zip(&queues)
                 .filter(|(_, q)| q.as_str() != "null")
-                .map(|(m, _)| m.clone())
+                .map(|((m, _), _)| m.clone())
                 .collect();
             self.spool_all(&to_spool)
                 .await
-                .map_err(AcceptError::Spool)?;
+                .map_err(|err| AcceptFailure::Refused(AcceptError::Spool(err)))?;
+            if expired() {
+                self.unspool(&to_spool).await;
+                return Err(AcceptFailure::Timeout("spool"));
+            }
         }
-        for (msg, queue) in messages.iter().zip(&queues) {
-            self.log_reception(msg, queue, arrival.peer).await;
+        for ((msg, record), queue) in messages.iter().zip(&queues) {
+            match record {
+                ArrivalRecord::Reception => self.log_reception(msg, queue, arrival.peer).await,
+                ArrivalRecord::Feedback(report) => {
+                    self.log_feedback(msg, queue, arrival.peer, report.clone())
+                        .await
+                }
+            }
         }
-        for (msg, queue) in messages.into_iter().zip(&queues) {
+        for ((msg, _), queue) in messages.into_iter().zip(&queues) {
             if queue == "null" {
                 continue;
             }
@@ -109,6 +170,16 @@ impl Reception {
             }
         }
         Ok(queues)
+    }
+
+    /// Remove `messages` from both spools (a batch that is given up).
+    async fn unspool(&self, messages: &[Message]) {
+        for msg in messages {
+            let _ = self.meta.remove(msg.id()).await;
+            let _ = self.data.remove(msg.id()).await;
+        }
+        self.spooled
+            .fetch_sub(messages.len() as u64, Ordering::Relaxed);
     }
 
     /// Store every message in both spools; fails as a whole if any write
@@ -127,15 +198,12 @@ impl Reception {
             Ok::<(), String>(())
         });
         let results = futures::future::join_all(writes).await;
-        if let Some(err) = results.iter().find_map(|r| r.as_ref().err()) {
-            for msg in messages {
-                let _ = self.meta.remove(msg.id()).await;
-                let _ = self.data.remove(msg.id()).await;
-            }
-            return Err(err.clone());
-        }
         self.spooled
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        if let Some(err) = results.iter().find_map(|r| r.as_ref().err()) {
+            self.unspool(messages).await;
+            return Err(err.clone());
+        }
         Ok(())
     }
 

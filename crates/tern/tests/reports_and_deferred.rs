@@ -178,14 +178,15 @@ fn arf_and_dsn_reports_are_logged_for_their_listener_domains() {
     assert_eq!(code, 250, "{text}");
     let dsn_id = accepted_id(&text);
 
-    // DSN, LogThenDrop.
+    // DSN, LogThenDrop: Reception and OOB records, not relayed.
     let (code, text) = smtp
         .send_message("", "b-9@bounce-drop.example.com", &dsn_report())
         .unwrap();
     assert_eq!(code, 250, "{text}");
     let dropped_dsn_id = accepted_id(&text);
 
-    // ARF, LogThenRelay: Feedback and Reception, then delivered.
+    // ARF, LogThenRelay: a Feedback record instead of Reception, then
+    // delivered.
     let (code, text) = smtp
         .send_message(
             "fbl@isp.example",
@@ -249,12 +250,15 @@ fn arf_and_dsn_reports_are_logged_for_their_listener_domains() {
     );
     assert_eq!(record["size"], 0);
 
-    assert_eq!(of_id(&dropped_dsn_id), ["OOB"]);
+    // A DSN that is not relayed is still logged as received (§3.7 step
+    // 6), with its OOB record.
+    assert_eq!(of_id(&dropped_dsn_id), ["Reception", "OOB"]);
 
+    // Feedback replaces Reception for a relayed ARF report (§12.3).
     let relayed = of_id(&relayed_arf_id);
-    for kind in ["Feedback", "Reception", "Delivery"] {
-        assert!(relayed.iter().any(|k| k == kind), "{relayed:?}");
-    }
+    assert_eq!(relayed[0], "Feedback", "{relayed:?}");
+    assert!(relayed.iter().any(|k| k == "Delivery"), "{relayed:?}");
+    assert!(!relayed.iter().any(|k| k == "Reception"), "{relayed:?}");
     // Only the two relayed reports reached the sink.
     assert_eq!(sink.stats().messages, 2);
 }

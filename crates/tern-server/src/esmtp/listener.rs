@@ -57,7 +57,8 @@ pub async fn start(config: ListenerConfig, state: Arc<ServerState>) -> anyhow::R
             let count = listener.active.fetch_add(1, Ordering::AcqRel) + 1;
             tokio::spawn(async move {
                 if count > listener.config.base.max_connections {
-                    refuse_too_many(stream, &state).await;
+                    let hostname = listener.config.base.hostname.as_deref();
+                    refuse_too_many(stream, hostname.unwrap_or(&state.hostname)).await;
                 } else {
                     Session::run(stream, peer, listener.clone(), state).await;
                 }
@@ -68,7 +69,10 @@ pub async fn start(config: ListenerConfig, state: Arc<ServerState>) -> anyhow::R
     Ok(local_addr)
 }
 
-async fn refuse_too_many(mut stream: tokio::net::TcpStream, state: &ServerState) {
-    let reply = tern_smtp::Reply::too_many_sessions(&state.hostname).to_bytes();
+/// `421 4.3.2 <hostname> too many concurrent sessions`, with the
+/// listener's own `hostname` (the connection is refused before any
+/// `peer`/`via` block is looked at).
+async fn refuse_too_many(mut stream: tokio::net::TcpStream, hostname: &str) {
+    let reply = tern_smtp::Reply::too_many_sessions(hostname).to_bytes();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), stream.write_all(&reply)).await;
 }

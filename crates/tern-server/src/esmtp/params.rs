@@ -137,59 +137,129 @@ pub struct EsmtpParams {
 }
 
 /// Keys that may only appear at the top level of the listener table.
-const TOP_LEVEL_ONLY: &[&str] = &["listen", "max_connections", "peer", "via"];
+const TOP_LEVEL_ONLY: &[&str] = &["listen", "max_connections"];
+
+/// One layer of listener parameters: the top-level table, a `peer` or
+/// `via` block, or the table `smtp_server_get_dynamic_parameters`
+/// returned. A layer may hold `peer` and `via` blocks of its own, which
+/// are applied after it (§3.1: blocks apply recursively), and its `meta`
+/// is merged into what earlier layers set rather than replacing it.
+#[derive(Clone, Debug, Default)]
+struct Layer {
+    /// Every key except `peer`, `via` and `meta`.
+    keys: Map<String, Value>,
+    meta: Map<String, Value>,
+    peer: CidrMap<Layer>,
+    via: CidrMap<Layer>,
+}
+
+impl Layer {
+    /// Split `table` into a layer; `what` names it in errors. Nested
+    /// blocks must not set top-level-only keys.
+    fn parse(table: &Map<String, Value>, what: &str, nested: bool) -> Result<Self, String> {
+        if nested {
+            for forbidden in TOP_LEVEL_ONLY {
+                if table.contains_key(*forbidden) {
+                    return Err(format!(
+                        "kumo.start_esmtp_listener: `{forbidden}` cannot be set inside {what}"
+                    ));
+                }
+            }
+        }
+        let mut keys = table.clone();
+        let meta = match keys.remove("meta") {
+            None | Some(Value::Null) => Map::new(),
+            Some(Value::Object(meta)) => meta,
+            Some(_) => {
+                return Err(format!(
+                    "kumo.start_esmtp_listener: `meta` in {what} must be a table"
+                ));
+            }
+        };
+        let peer = Self::blocks(keys.remove("peer"), &format!("{what} `peer`"))?;
+        let via = Self::blocks(keys.remove("via"), &format!("{what} `via`"))?;
+        Ok(Self {
+            keys,
+            meta,
+            peer,
+            via,
+        })
+    }
+
+    fn blocks(raw: Option<Value>, what: &str) -> Result<CidrMap<Layer>, String> {
+        let mut map = CidrMap::default();
+        let entries = match raw {
+            None | Some(Value::Null) => return Ok(map),
+            Some(Value::Object(entries)) => entries,
+            Some(_) => {
+                return Err(format!(
+                    "kumo.start_esmtp_listener: {what} must be a table keyed by CIDR"
+                ));
+            }
+        };
+        for (key, block) in entries {
+            let inner = format!("{what}[\"{key}\"]");
+            let Value::Object(block) = block else {
+                return Err(format!(
+                    "kumo.start_esmtp_listener: {inner} must be a table"
+                ));
+            };
+            let layer = Self::parse(&block, &inner, true)?;
+            map.insert(&key, layer)
+                .map_err(|e| format!("kumo.start_esmtp_listener: {what} key: {e}"))?;
+        }
+        Ok(map)
+    }
+
+    /// Apply this layer, then its matching `peer` block, then its matching
+    /// `via` block (so `via` wins over `peer`).
+    fn apply(
+        &self,
+        peer: IpAddr,
+        local: IpAddr,
+        keys: &mut Map<String, Value>,
+        meta: &mut Map<String, Value>,
+    ) {
+        for (k, v) in &self.keys {
+            keys.insert(k.clone(), v.clone());
+        }
+        for (k, v) in &self.meta {
+            meta.insert(k.clone(), v.clone());
+        }
+        if let Some(block) = self.peer.get(peer) {
+            block.apply(peer, local, keys, meta);
+        }
+        if let Some(block) = self.via.get(local) {
+            block.apply(peer, local, keys, meta);
+        }
+    }
+
+    /// Every nested block, depth first, for checking them at startup.
+    fn all_blocks(&self, out: &mut Vec<Layer>) {
+        for block in self.peer.values().chain(self.via.values()) {
+            out.push(block.clone());
+            block.all_blocks(out);
+        }
+    }
+}
 
 /// A listener's configuration as written by the policy, ready to produce
 /// the effective parameters for each connection.
 #[derive(Clone, Debug)]
 pub struct ListenerConfig {
-    raw: Map<String, Value>,
+    top: Layer,
     pub base: EsmtpParams,
-    peer: CidrMap<Map<String, Value>>,
-    via: CidrMap<Map<String, Value>>,
 }
 
-fn parse(raw: &Map<String, Value>) -> Result<EsmtpParams, String> {
-    let params: EsmtpParams = serde_json::from_value(Value::Object(raw.clone())).map_err(|e| {
+fn parse(keys: Map<String, Value>, meta: Map<String, Value>) -> Result<EsmtpParams, String> {
+    let mut table = keys;
+    table.insert("meta".into(), Value::Object(meta));
+    serde_json::from_value(Value::Object(table.clone())).map_err(|e| {
         format!(
             "kumo.start_esmtp_listener: {e}, while processing {}",
-            Value::Object(raw.clone())
+            Value::Object(table)
         )
-    })?;
-    Ok(params)
-}
-
-fn overlay(base: &mut Map<String, Value>, block: &Map<String, Value>) {
-    for (k, v) in block {
-        base.insert(k.clone(), v.clone());
-    }
-}
-
-fn cidr_blocks(raw: Option<&Value>, what: &str) -> Result<CidrMap<Map<String, Value>>, String> {
-    let mut map = CidrMap::default();
-    let Some(value) = raw else { return Ok(map) };
-    let Value::Object(entries) = value else {
-        return Err(format!(
-            "kumo.start_esmtp_listener: `{what}` must be a table keyed by CIDR"
-        ));
-    };
-    for (key, block) in entries {
-        let Value::Object(block) = block else {
-            return Err(format!(
-                "kumo.start_esmtp_listener: `{what}[\"{key}\"]` must be a table"
-            ));
-        };
-        for forbidden in TOP_LEVEL_ONLY {
-            if block.contains_key(*forbidden) {
-                return Err(format!(
-                    "kumo.start_esmtp_listener: `{forbidden}` cannot be set inside `{what}[\"{key}\"]`"
-                ));
-            }
-        }
-        map.insert(key, block.clone())
-            .map_err(|e| format!("kumo.start_esmtp_listener: `{what}` key: {e}"))?;
-    }
-    Ok(map)
+    })
 }
 
 impl ListenerConfig {
@@ -197,45 +267,49 @@ impl ListenerConfig {
         let Value::Object(raw) = value else {
             return Err("kumo.start_esmtp_listener expects a table".into());
         };
-        let base = parse(raw)?;
-        let peer = cidr_blocks(raw.get("peer"), "peer")?;
-        let via = cidr_blocks(raw.get("via"), "via")?;
-        let mut raw = raw.clone();
-        raw.remove("peer");
-        raw.remove("via");
-        let config = Self {
-            raw,
-            base,
-            peer,
-            via,
-        };
-        // Surface errors in the blocks at startup, not at the first connection.
-        for block in config.peer.values().chain(config.via.values()) {
-            let mut merged = config.raw.clone();
-            overlay(&mut merged, block);
-            parse(&merged)?;
+        let top = Layer::parse(raw, "the listener table", false)?;
+        let base = parse(top.keys.clone(), top.meta.clone())?;
+        // Surface errors in the blocks at startup, not at the first
+        // connection: each block is checked on top of the top level.
+        let mut blocks = Vec::new();
+        top.all_blocks(&mut blocks);
+        for block in blocks {
+            let mut keys = top.keys.clone();
+            let mut meta = top.meta.clone();
+            keys.extend(block.keys);
+            meta.extend(block.meta);
+            parse(keys, meta)?;
         }
-        Ok(config)
+        Ok(Self { top, base })
     }
 
     /// The parameters for a connection from `peer` to `local`, with any
-    /// overrides from `smtp_server_get_dynamic_parameters` applied last.
+    /// overrides from `smtp_server_get_dynamic_parameters` applied last
+    /// (its own `peer`/`via` blocks included).
     pub fn effective(
         &self,
         peer: IpAddr,
         local: IpAddr,
         dynamic: Option<&Map<String, Value>>,
     ) -> Result<EsmtpParams, String> {
-        let peer_block = self.peer.get(peer);
-        let via_block = self.via.get(local);
-        if peer_block.is_none() && via_block.is_none() && dynamic.is_none() {
+        // Nested blocks apply only inside a matching block, so when no
+        // top-level block matches, the parsed top level is the answer.
+        let untouched = self.top.peer.get(peer).is_none() && self.top.via.get(local).is_none();
+        if dynamic.is_none() && untouched {
             return Ok(self.base.clone());
         }
-        let mut merged = self.raw.clone();
-        for block in [peer_block, via_block, dynamic].into_iter().flatten() {
-            overlay(&mut merged, block);
+        let mut keys = Map::new();
+        let mut meta = Map::new();
+        self.top.apply(peer, local, &mut keys, &mut meta);
+        if let Some(dynamic) = dynamic {
+            let layer = Layer::parse(
+                dynamic,
+                "the table returned by smtp_server_get_dynamic_parameters",
+                true,
+            )?;
+            layer.apply(peer, local, &mut keys, &mut meta);
         }
-        parse(&merged)
+        parse(keys, meta)
     }
 }
 
@@ -283,6 +357,45 @@ mod tests {
             )
             .unwrap();
         assert_eq!(via.banner, "via");
+    }
+
+    #[test]
+    fn meta_is_merged_across_layers_and_blocks_nest() {
+        let c = config(json!({
+            "meta": { "x_top": 1, "x_shared": "top" },
+            "peer": { "10.0.0.0/8": {
+                "meta": { "x_peer": 2, "x_shared": "peer" },
+                "banner": "peer",
+                "via": { "192.0.2.1": { "banner": "peer+via", "meta": { "x_via": 3 } } },
+            } },
+        }))
+        .unwrap();
+        let inside: IpAddr = "10.1.2.3".parse().unwrap();
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let p = c.effective(inside, local, None).unwrap();
+        assert_eq!(p.banner, "peer");
+        assert_eq!(
+            Value::Object(p.meta.clone()),
+            json!({ "x_top": 1, "x_peer": 2, "x_shared": "peer" })
+        );
+        let nested = c
+            .effective(inside, "192.0.2.1".parse().unwrap(), None)
+            .unwrap();
+        assert_eq!(nested.banner, "peer+via");
+        assert_eq!(nested.meta["x_via"], json!(3));
+        assert_eq!(nested.meta["x_top"], json!(1));
+        let dynamic = json!({ "meta": { "x_dyn": true } });
+        let d = c.effective(local, local, dynamic.as_object()).unwrap();
+        assert_eq!(
+            Value::Object(d.meta),
+            json!({ "x_top": 1, "x_shared": "top", "x_dyn": true })
+        );
+        let bad = json!({ "max_connections": 5 });
+        let err = c.effective(local, local, bad.as_object()).unwrap_err();
+        assert!(
+            err.contains("`max_connections` cannot be set inside"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -14,10 +14,10 @@ use super::params::{BatchHandling, EsmtpParams};
 use crate::conn_meta::ConnectionMeta;
 use crate::listener_domain::{ListenerDomain, ReportDisposition};
 use crate::queue::deferred_inject::DEFERRED_SMTP_INJECT_QUEUE;
-use crate::reception::{AcceptError, Arrival};
+use crate::reception::{AcceptError, AcceptFailure, Arrival, ArrivalRecord};
 use crate::state::ServerState;
 use bytes::{Bytes, BytesMut};
-use mlua::{IntoLuaMulti, Lua, MultiValue, Value};
+use mlua::{FromLua, IntoLuaMulti, Lua, MultiValue, Value};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -193,6 +193,18 @@ pub struct Session {
     /// `get_listener_domain` answers by domain for the current
     /// transaction, most recent last.
     listener_domains: Vec<(String, Option<ListenerDomain>)>,
+    /// The sender and recipient of the command being answered, for its
+    /// Rejection record: a refused MAIL FROM or RCPT TO names the address
+    /// it tried, and a refused DATA the transaction's sender and last
+    /// recipient (which DATA has already taken from the session).
+    attempt: Attempt,
+}
+
+/// See [`Session::attempt`].
+#[derive(Default)]
+struct Attempt {
+    sender: Option<String>,
+    recipient: Option<String>,
 }
 
 impl Session {
@@ -237,6 +249,7 @@ impl Session {
             recipients: Vec::new(),
             session_id,
             rewrite_responses: false,
+            attempt: Attempt::default(),
             close_after_flush: false,
             listener_domains: Vec::new(),
             params,
@@ -534,12 +547,16 @@ impl Session {
         let Some(reception) = self.state.reception() else {
             return;
         };
-        let sender = self
-            .sender
-            .as_ref()
-            .map(|s| s.to_string())
-            .unwrap_or_default();
-        let recipient = self.recipients.last().map(|r| r.to_string());
+        let sender = match (&self.attempt.sender, &self.sender) {
+            (Some(attempted), _) => attempted.clone(),
+            (None, Some(sender)) => sender.to_string(),
+            (None, None) => String::new(),
+        };
+        let recipient = self
+            .attempt
+            .recipient
+            .clone()
+            .or_else(|| self.recipients.last().map(|r| r.to_string()));
         let enhanced = reply.enhanced.map(|e| tern_log::EnhancedCode {
             class: e.class,
             subject: e.subject,
@@ -613,9 +630,18 @@ impl Session {
     }
 
     async fn handle_line(&mut self, line: Bytes) -> Step {
+        self.attempt = Attempt::default();
         let command = match parse_command(&line) {
             Ok(command) => command,
             Err(err) => {
+                // A stranger's XCLIENT is refused as unauthorized whatever
+                // its arguments, so its syntax errors reveal nothing.
+                let is_xclient = line.len() >= 7 && line[..7].eq_ignore_ascii_case(b"XCLIENT");
+                if is_xclient && !self.params.allow_xclient {
+                    self.reply(Reply::xclient_not_allowed(), Some("XCLIENT"))
+                        .await;
+                    return Ok(());
+                }
                 self.reply(err.reply(), None).await;
                 return Ok(());
             }
@@ -677,6 +703,9 @@ impl Session {
                 self.reply(Reply::helo(&domain), Some(&verb)).await;
             }
             Command::MailFrom { address, .. } => {
+                if self.sender.is_none() {
+                    self.attempt.sender = Some(address.to_string());
+                }
                 if let Err(reply) = self.smtp.check_mail() {
                     self.reply(reply, Some(&verb)).await;
                     return Ok(());
@@ -699,7 +728,7 @@ impl Session {
                 // XCLIENT change it between transactions): remember them
                 // for one transaction only.
                 self.listener_domains.clear();
-                let text = format!("<{address}>");
+                let text = address.to_string();
                 self.sender = Some(address);
                 self.reply(Reply::address_ok(&text), Some(&verb)).await;
             }
@@ -728,6 +757,7 @@ impl Session {
     }
 
     async fn handle_rcpt(&mut self, address: EnvelopeAddress, verb: &str) -> Step {
+        self.attempt.recipient = Some(address.to_string());
         if let Err(reply) = self.smtp.check_rcpt() {
             self.reply(reply, Some(verb)).await;
             return Ok(());
@@ -762,7 +792,7 @@ impl Session {
             return Ok(());
         }
         self.smtp.on_rcpt_accepted();
-        let text = format!("<{address}>");
+        let text = address.to_string();
         self.recipients.push(address);
         self.reply(Reply::address_ok(&text), Some(verb)).await;
         Ok(())
@@ -1066,6 +1096,10 @@ impl Session {
         };
         let sender = self.sender.take().unwrap_or_default();
         let recipients = std::mem::take(&mut self.recipients);
+        self.attempt = Attempt {
+            sender: Some(sender.to_string()),
+            recipient: recipients.last().map(|r| r.to_string()),
+        };
         self.smtp.on_data_finished();
         match body {
             Err(err) => {
@@ -1165,11 +1199,14 @@ impl Session {
         // §3.7 step 6: relaying is decided again per message, with its
         // own sender and first recipient (the policy may have changed
         // them), and a message to a domain that logs reports is checked
-        // for being one. A message that is neither relayed nor a report is
-        // logged but not spooled.
-        let mut relayed = Vec::with_capacity(accepted.len());
+        // for being one. A message bound for the `null` queue counts as
+        // accepted (black-holed) whoever sent it. A message that is
+        // neither relayed, black-holed nor a report is logged but not
+        // spooled.
+        let mut to_accept = Vec::with_capacity(accepted.len());
         let mut refused = Vec::new();
-        let mut reports = Vec::new();
+        let mut dropped_reports = Vec::new();
+        let mut relayed_dsns = Vec::new();
         let mut ids = Vec::with_capacity(accepted.len());
         for msg in accepted {
             let Some(first) = msg.first_recipient() else {
@@ -1180,21 +1217,26 @@ impl Session {
             let Some(decision) = self.relay_decision(sender_domain, &first, ".").await? else {
                 return Ok(());
             };
+            let black_holed = matches!(msg.queue_name().as_deref(), Ok("null"));
             let (report, relay) = match InboundReport::detect(&msg, &decision) {
                 Some((report, relay)) => (Some(report), relay),
-                None => (None, decision.relay),
+                None => (None, decision.relay || black_holed),
             };
             if relay || report.is_some() {
                 ids.push(msg.id().to_string());
             }
             match (relay, report) {
-                (true, report) => {
-                    if let Some(report) = report {
-                        reports.push((msg.clone(), report));
-                    }
-                    relayed.push(msg);
+                // A relayed ARF report is logged as Feedback instead of
+                // Reception (§12.3).
+                (true, Some(InboundReport::Feedback(json))) => {
+                    to_accept.push((msg, ArrivalRecord::Feedback(json)))
                 }
-                (false, Some(report)) => reports.push((msg, report)),
+                (true, Some(InboundReport::Oob(dsn))) => {
+                    relayed_dsns.push((msg.clone(), dsn));
+                    to_accept.push((msg, ArrivalRecord::Reception));
+                }
+                (true, None) => to_accept.push((msg, ArrivalRecord::Reception)),
+                (false, Some(report)) => dropped_reports.push((msg, report)),
                 (false, None) => refused.push(msg),
             }
         }
@@ -1205,7 +1247,7 @@ impl Session {
             let queue = msg.queue_name().unwrap_or_default();
             reception.log_reception(msg, &queue, peer).await;
         }
-        if relayed.is_empty() && reports.is_empty() {
+        if to_accept.is_empty() && dropped_reports.is_empty() {
             self.reply(Reply::relaying_not_permitted(), Some(".")).await;
             return Ok(());
         }
@@ -1220,16 +1262,24 @@ impl Session {
             peer,
             deferred_spool: self.params.deferred_spool,
         };
-        if !relayed.is_empty() {
-            match reception.accept(relayed, arrival).await {
+        if !to_accept.is_empty() {
+            match reception
+                .accept_within(to_accept, arrival, Some(deadline))
+                .await
+            {
                 Ok(_) => {}
-                Err(err @ AcceptError::QueueName { .. }) => {
+                Err(AcceptFailure::Timeout(stage)) => {
+                    self.reply(Reply::data_processing_timeout(stage), Some("."))
+                        .await;
+                    return Ok(());
+                }
+                Err(AcceptFailure::Refused(err @ AcceptError::QueueName { .. })) => {
                     tracing::error!("{err}");
                     self.reply(Reply::technical_difficulties(&self.hostname), Some("."))
                         .await;
                     return Ok(());
                 }
-                Err(err @ AcceptError::Spool(_)) => {
+                Err(AcceptFailure::Refused(err @ AcceptError::Spool(_))) => {
                     tracing::error!("{err}");
                     self.reply(Reply::spool_not_accepting_writes(&self.hostname), Some("."))
                         .await;
@@ -1238,8 +1288,14 @@ impl Session {
             }
         }
         // Logged once the relayed messages are safe, so a client retrying
-        // after a spool failure does not log its report twice.
-        for (msg, report) in &reports {
+        // after a spool failure does not log its reports twice. A report
+        // that is not relayed is not spooled: an ARF report is logged as
+        // Feedback only, a DSN as Reception plus its OOB records.
+        for (msg, dsn) in &relayed_dsns {
+            let queue = msg.queue_name().unwrap_or_default();
+            reception.log_oob(msg, &queue, peer, dsn).await;
+        }
+        for (msg, report) in &dropped_reports {
             let queue = msg.queue_name().unwrap_or_default();
             match report {
                 InboundReport::Feedback(json) => {
@@ -1247,7 +1303,10 @@ impl Session {
                         .log_feedback(msg, &queue, peer, json.clone())
                         .await
                 }
-                InboundReport::Oob(dsn) => reception.log_oob(msg, &queue, peer, dsn).await,
+                InboundReport::Oob(dsn) => {
+                    reception.log_reception(msg, &queue, peer).await;
+                    reception.log_oob(msg, &queue, peer, dsn).await;
+                }
             }
         }
         self.reply(Reply::queued(&ids, false), Some(".")).await;
@@ -1264,51 +1323,34 @@ impl Session {
             .dispatch(
                 "smtp_server_split_transaction",
                 move |lua| (msg, meta).into_lua_multi(lua),
+                // Each address may be a string or an EnvelopeAddress (as
+                // `msg:recipient_list()` gives them); a bad one fails the
+                // event like any other policy error.
                 |lua, values| match values.into_iter().next() {
-                    Some(value @ Value::Table(_)) => lua_to_json(lua, value).map(Some),
+                    Some(value @ Value::Table(_)) => {
+                        let lists = Vec::<Vec<tern_message::LuaEnvelopeAddress>>::from_lua(
+                            value, lua,
+                        )
+                        .map_err(|err| {
+                            mlua::Error::runtime(format!(
+                                "smtp_server_split_transaction must return an array of address arrays: {err}"
+                            ))
+                        })?;
+                        Ok(Some(lists))
+                    }
                     _ => Ok(None),
                 },
             )
             .await;
         let recipients = base.recipients();
         match result {
-            Ok(Some(Some(json))) => {
-                let lists: Vec<Vec<String>> = match serde_json::from_value(json) {
-                    Ok(lists) => lists,
-                    Err(err) => {
-                        tracing::error!(
-                            "smtp_server_split_transaction must return an array of address arrays: {err}"
-                        );
-                        self.reply(Reply::technical_difficulties(&self.hostname), Some("."))
-                            .await;
-                        return Ok(None);
-                    }
-                };
-                let mut batches = Vec::new();
-                for list in lists {
-                    let mut batch = Vec::new();
-                    for addr in list {
-                        match EnvelopeAddress::parse(&addr) {
-                            Ok(a) => batch.push(a),
-                            Err(err) => {
-                                tracing::error!(
-                                    "smtp_server_split_transaction returned a bad address: {err}"
-                                );
-                                self.reply(
-                                    Reply::technical_difficulties(&self.hostname),
-                                    Some("."),
-                                )
-                                .await;
-                                return Ok(None);
-                            }
-                        }
-                    }
-                    if !batch.is_empty() {
-                        batches.push(batch);
-                    }
-                }
-                Ok(Some(batches))
-            }
+            Ok(Some(Some(lists))) => Ok(Some(
+                lists
+                    .into_iter()
+                    .map(|list| list.into_iter().map(|a| a.0).collect::<Vec<_>>())
+                    .filter(|batch| !batch.is_empty())
+                    .collect(),
+            )),
             Ok(_) => Ok(Some(match self.params.batch_handling {
                 BatchHandling::BifurcateAlways => recipients.into_iter().map(|r| vec![r]).collect(),
                 BatchHandling::BatchByDomain => {
@@ -1352,7 +1394,7 @@ impl Session {
         let rcpt = first.map(|r| r.to_string()).unwrap_or_default();
         let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S +0000");
         format!(
-            "Received: from {ehlo} ({})\r\n  by {} (KumoMTA {})\r\n  with {with} id {id} for <{rcpt}>;\r\n  {date}\r\n",
+            "Received: from {ehlo} ({})\r\n  by {} (KumoMTA {}) \r\n  with {with} id {id} for <{rcpt}>;\r\n  {date}\r\n",
             self.peer.ip(),
             self.hostname,
             self.local.ip(),
