@@ -132,6 +132,11 @@ echo "Reception: $MESSAGES messages of 3 KB over $CONNECTIONS connections, media
 run_tern_case "Tern null queue" LocalDisk null
 run_tern_case "Tern LocalDisk" LocalDisk ""
 run_tern_case "Tern RocksDB" RocksDB ""
+# The issue's target: durable reception within 20 % of the null-queue rate.
+for label in "Tern LocalDisk" "Tern RocksDB"; do
+  awk -v t="${RATE[$label]}" -v n="${RATE[Tern null queue]}" -v l="$label" \
+    'BEGIN { printf "%-22s %6.1f%% of the null-queue rate\n", l, 100 * t / n }'
+done
 if [ "${SKIP_POSTFIX:-0}" != 1 ]; then
   run_postfix_case relay "Postfix relay"
   run_postfix_case hold "Postfix hold"

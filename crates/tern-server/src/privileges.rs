@@ -50,3 +50,31 @@ fn lookup_user(name: &str) -> anyhow::Result<(libc::uid_t, libc::gid_t)> {
     let entry = unsafe { &*entry };
     Ok((entry.pw_uid, entry.pw_gid))
 }
+
+/// Raise the soft limit on open files (`ulimit -Sn`) to the hard limit.
+/// Every SMTP connection, outbound connection, spool file and log segment
+/// is a descriptor, and the usual soft limit of 1024 would make `accept`
+/// fail long before `max_connections` (32768 by default) is reached.
+/// Returns the limit now in force. Called before privileges are dropped,
+/// like KumoMTA does at startup.
+pub fn raise_open_files_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit.rlim_cur = limit.rlim_max;
+    }
+    Ok(limit.rlim_cur as u64)
+}

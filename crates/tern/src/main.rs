@@ -92,6 +92,12 @@ fn run_serve(options: ServeOptions) -> i32 {
         eprintln!("tern: {err}");
         return 2;
     }
+    if !quiet {
+        match tern_server::privileges::raise_open_files_limit() {
+            Ok(limit) => tracing::info!("open files limit: {limit}"),
+            Err(err) => eprintln!("tern: warning: cannot raise the open files limit: {err}"),
+        }
+    }
     // Privileges are dropped before the runtime starts any thread.
     if !quiet && let Err(err) = tern_server::privileges::drop_privileges(options.user.as_deref()) {
         eprintln!("tern: {err}");

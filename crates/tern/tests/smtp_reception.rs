@@ -538,3 +538,46 @@ end)
         550
     );
 }
+
+/// Started under a soft limit of 256 open files (the usual default is
+/// 1024), the server raises it to the hard limit, so 400 clients are all
+/// served instead of `accept` failing with EMFILE.
+#[test]
+fn the_open_files_limit_is_raised_at_startup() {
+    let wrapper_dir = tempfile::tempdir().unwrap();
+    let wrapper = wrapper_dir.path().join("tern-low-nofile");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nulimit -Sn 256 || exit 97\nexec '{}' \"$@\"\n",
+            env!("CARGO_BIN_EXE_tern")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let server = Builder::new(policy("LocalDisk", ""))
+        .binary(&wrapper)
+        .start()
+        .unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_eq!(soft, hard, "{line}");
+    assert_ne!(soft, "256", "{line}");
+
+    let addr = server.listener("smtp");
+    let mut clients: Vec<_> = (0..400)
+        .map(|_| tern_testkit::SmtpClient::connect(addr).unwrap())
+        .collect();
+    for client in &mut clients {
+        assert_eq!(client.read_reply().unwrap().0, 220);
+    }
+}
