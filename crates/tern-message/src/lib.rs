@@ -18,10 +18,13 @@
 //! `kumo.mimepart` module and `msg:parse_mime()` objects), [`scheduling`]
 //! (validation of `set_scheduling` values), [`report`] (RFC 3464 delivery
 //! status parsing for `msg:parse_rfc3464()`), [`arf`] (RFC 5965 feedback
-//! reports for `msg:parse_rfc5965()` and `Feedback` log records).
+//! reports for `msg:parse_rfc5965()` and `Feedback` log records), [`auth`]
+//! (RFC 8601 authentication results and the `Authentication-Results`
+//! header).
 
 pub mod address;
 pub mod arf;
+pub mod auth;
 pub mod edit;
 pub mod headers;
 pub mod lua;
@@ -34,6 +37,7 @@ pub mod scheduling;
 
 pub use address::{AddressHeader, Mailbox};
 pub use arf::{ArfReport, parse_rfc5965};
+pub use auth::{AuthenticationResult, render_authentication_results};
 pub use edit::{ImportHeaderSpec, ImportMatch, KeyTransform};
 pub use lua::{LuaAddressHeader, LuaEnvelopeAddress, LuaMailbox, json_to_lua, lua_to_json};
 pub use message::{Message, MessageState};

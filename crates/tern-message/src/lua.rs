@@ -12,13 +12,17 @@
 //! present and raise `msg:<name> is not supported by Tern yet`, so a policy
 //! fails loudly and clearly instead of with "attempt to call a nil value".
 //!
-//! `msg:dkim_sign(signer)` is the one method whose work lives in another
-//! crate: this crate cannot depend on the DKIM crate (which depends on it),
-//! so the method calls a [`DkimSignHook`] that the DKIM crate stores in the
-//! Lua state's app data. Without a hook the method raises
-//! `msg:dkim_sign is not supported by Tern yet`.
+//! `msg:dkim_sign(signer)`, `msg:dkim_verify`, `msg:arc_verify` and
+//! `msg:arc_seal` do their work in another crate: this crate cannot depend
+//! on the DKIM crate (which depends on it) nor hold DNS resolvers, so the
+//! methods call a [`DkimSignHook`] or an [`AuthHook`] that the DKIM crate
+//! stores in the Lua state's app data. Without a hook each method raises
+//! `msg:<name> is not supported by Tern yet`.
+//! `msg:add_authentication_results` needs neither and is implemented here
+//! (see [`crate::auth`]).
 
 use crate::address::{AddressHeader, Mailbox};
+use crate::auth::AuthenticationResult;
 use crate::edit::ImportHeaderSpec;
 use crate::message::Message;
 use crate::scheduling;
@@ -35,13 +39,9 @@ use tern_types::EnvelopeAddress;
 
 /// Methods of KumoMTA's message object that Tern does not provide (yet).
 /// `dkim_sign` is absent: it is served through [`DkimSignHook`].
-pub const UNSUPPORTED_METHODS: &[&str] = &[
-    "dkim_verify",
-    "arc_verify",
-    "arc_seal",
-    "add_authentication_results",
-    "save",
-];
+/// The authentication methods (`dkim_verify`, `arc_verify`, `arc_seal`)
+/// are absent too: they are served through [`AuthHook`].
+pub const UNSUPPORTED_METHODS: &[&str] = &["save"];
 
 /// What a [`DkimSignHook`] returns: a future that completes once the
 /// `DKIM-Signature` header has been prepended to the message. A hook that
@@ -57,6 +57,104 @@ pub type DkimSignFn = dyn Fn(&AnyUserData, &Message) -> LuaResult<DkimSignFuture
 /// owns the signer type; `msg:dkim_sign` looks it up on every call.
 #[derive(Clone)]
 pub struct DkimSignHook(pub Arc<DkimSignFn>);
+
+/// What an [`AuthHook`] method returns once it has checked its arguments:
+/// the work itself, as a future that owns everything it needs (the message
+/// bytes as they were at the call, the selected resolver), so DNS lookups
+/// wait without holding any Lua borrow or blocking a runtime thread.
+pub type AuthFuture<T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'static>>;
+
+/// Message authentication that needs cryptography and DNS: implemented by
+/// the DKIM crate, installed with `lua.set_app_data(AuthHook(...))`.
+/// Errors are plain text; the Lua method prefixes them with its name.
+pub trait MessageAuthenticator: Send + Sync {
+    /// `msg:dkim_verify([resolver])`: one result per DKIM-Signature.
+    fn dkim_verify(
+        &self,
+        msg: &Message,
+        resolver: Option<&str>,
+    ) -> Result<AuthFuture<Vec<AuthenticationResult>>, String>;
+
+    /// `msg:arc_verify([resolver])`: the ARC chain's status.
+    fn arc_verify(
+        &self,
+        _msg: &Message,
+        _resolver: Option<&str>,
+    ) -> Result<AuthFuture<AuthenticationResult>, String> {
+        Err(NOT_SUPPORTED.to_string())
+    }
+
+    /// `msg:arc_seal(signer, serv_id, results[, resolver])`: add an ARC set.
+    fn arc_seal(
+        &self,
+        _signer: &AnyUserData,
+        _msg: &Message,
+        _serv_id: &str,
+        _results: Vec<AuthenticationResult>,
+        _resolver: Option<&str>,
+    ) -> Result<AuthFuture<()>, String> {
+        Err(NOT_SUPPORTED.to_string())
+    }
+}
+
+/// What a [`MessageAuthenticator`] method returns for a method it does not
+/// provide; the Lua layer turns it into `msg:<name> is not supported by
+/// Tern yet`.
+pub const NOT_SUPPORTED: &str = "not supported";
+
+fn hook_error(method: &str, err: String) -> LuaError {
+    if err == NOT_SUPPORTED {
+        runtime_error(format!("msg:{method} is not supported by Tern yet"))
+    } else {
+        runtime_error(format!("msg:{method}: {err}"))
+    }
+}
+
+/// The [`MessageAuthenticator`] of a Lua state, kept in its app data.
+#[derive(Clone)]
+pub struct AuthHook(pub Arc<dyn MessageAuthenticator>);
+
+fn auth_hook(lua: &Lua, method: &str) -> LuaResult<Arc<dyn MessageAuthenticator>> {
+    lua.app_data_ref::<AuthHook>()
+        .map(|hook| hook.0.clone())
+        .ok_or_else(|| runtime_error(format!("msg:{method} is not supported by Tern yet")))
+}
+
+/// Run an authentication future and hand its value to Lua as KumoMTA's
+/// JSON shape (arrays stay arrays, `nil` for absent reasons).
+async fn auth_result_to_lua<T: serde::Serialize>(
+    lua: Lua,
+    method: &'static str,
+    started: LuaResult<AuthFuture<T>>,
+) -> LuaResult<LuaValue> {
+    let value = started?
+        .await
+        .map_err(|err| runtime_error(format!("msg:{method}: {err}")))?;
+    let json = serde_json::to_value(&value).map_err(|err| runtime_error(err.to_string()))?;
+    json_to_lua(&lua, &json)
+}
+
+/// The `results` argument of `add_authentication_results` / `arc_seal`.
+fn results_from_lua(
+    lua: &Lua,
+    method: &str,
+    results: LuaValue,
+) -> LuaResult<Vec<AuthenticationResult>> {
+    match results {
+        // An empty table may carry no array marker; it is still no results.
+        LuaValue::Table(ref table) if table.is_empty() => Ok(Vec::new()),
+        LuaValue::Table(_) => lua.from_value(results).map_err(|err| {
+            runtime_error(format!(
+                "msg:{method}: results must be an array of authentication results \
+                 ({{method, result, reason?, method_version?, props?}}): {err}"
+            ))
+        }),
+        other => Err(runtime_error(format!(
+            "msg:{method}: results must be an array of authentication results, got {}",
+            other.type_name()
+        ))),
+    }
+}
 
 fn runtime_error(message: impl Into<String>) -> LuaError {
     LuaError::RuntimeError(message.into())
@@ -516,6 +614,66 @@ impl UserData for Message {
             async move { started?.await }
         });
 
+        methods.add_async_method("dkim_verify", |lua, this, resolver: Option<String>| {
+            let msg = Message::clone(&this);
+            drop(this);
+            let started = auth_hook(&lua, "dkim_verify").and_then(|hook| {
+                hook.dkim_verify(&msg, resolver.as_deref())
+                    .map_err(|err| hook_error("dkim_verify", err))
+            });
+            auth_result_to_lua(lua, "dkim_verify", started)
+        });
+        methods.add_async_method("arc_verify", |lua, this, resolver: Option<String>| {
+            let msg = Message::clone(&this);
+            drop(this);
+            let started = auth_hook(&lua, "arc_verify").and_then(|hook| {
+                hook.arc_verify(&msg, resolver.as_deref())
+                    .map_err(|err| hook_error("arc_verify", err))
+            });
+            auth_result_to_lua(lua, "arc_verify", started)
+        });
+        methods.add_async_method(
+            "arc_seal",
+            |lua,
+             this,
+             (signer, serv_id, results, resolver): (
+                LuaValue,
+                Option<String>,
+                LuaValue,
+                Option<String>,
+            )| {
+                let msg = Message::clone(&this);
+                drop(this);
+                let started = (|| {
+                    let hook = auth_hook(&lua, "arc_seal")?;
+                    let LuaValue::UserData(signer) = signer else {
+                        return Err(runtime_error(format!(
+                            "msg:arc_seal expects a signer made by kumo.dkim.rsa_sha256_signer or kumo.dkim.ed25519_signer, got {}",
+                            signer.type_name()
+                        )));
+                    };
+                    let serv_id = serv_id
+                        .ok_or_else(|| runtime_error("msg:arc_seal: the server id is missing"))?;
+                    let results = results_from_lua(&lua, "arc_seal", results)?;
+                    hook.arc_seal(&signer, &msg, &serv_id, results, resolver.as_deref())
+                        .map_err(|err| hook_error("arc_seal", err))
+                })();
+                async move {
+                    started?
+                        .await
+                        .map_err(|err| runtime_error(format!("msg:arc_seal: {err}")))
+                }
+            },
+        );
+        methods.add_method(
+            "add_authentication_results",
+            |lua, this, (serv_id, results): (String, LuaValue)| {
+                let results = results_from_lua(lua, "add_authentication_results", results)?;
+                this.add_authentication_results(&serv_id, &results)
+                    .map_err(|err| runtime_error(format!("msg:add_authentication_results: {err}")))
+            },
+        );
+
         for name in UNSUPPORTED_METHODS {
             let message = format!("msg:{name} is not supported by Tern yet");
             methods.add_method(*name, move |_, _, _: mlua::MultiValue| -> LuaResult<()> {
@@ -969,6 +1127,119 @@ mod tests {
         assert_eq!(
             msg.get_first_named_header_value("X-Later").as_deref(),
             Some("1")
+        );
+    }
+
+    #[test]
+    fn add_authentication_results_prepends_the_header() {
+        let (lua, msg) = setup();
+        run(
+            &lua,
+            r#"
+            msg:add_authentication_results('mx.example.com', {
+              { method = 'dkim', result = 'pass', props = { ['header.d'] = 'example.com', ['header.b'] = 'ab/cd+ef' } },
+              { method = 'spf', result = 'fail', reason = 'not listed' },
+            })
+            msg:add_authentication_results('mx.example.com', {})
+            local ok, err = pcall(function()
+              msg:add_authentication_results('mx', { { method = 'dkim', result = 'pass', bogus = 1 } })
+            end)
+            assert(not ok and tostring(err):find('msg:add_authentication_results: results must be'), err)
+            ok, err = pcall(function()
+              msg:add_authentication_results('mx', { { method = 'dkim', result = 'pass', reason = 'a\r\nBcc: x' } })
+            end)
+            assert(not ok and tostring(err):find('line break'), err)
+            ok, err = pcall(function() msg:add_authentication_results('mx', 'pass') end)
+            assert(not ok and tostring(err):find('got string'), err)
+            "#,
+        );
+        let data = String::from_utf8(msg.data().to_vec()).unwrap();
+        assert!(
+            data.starts_with(
+                "Authentication-Results: mx.example.com; none\r\n\
+                 Authentication-Results: mx.example.com;\r\n\tdkim=pass\r\n\
+                 \theader.b=\"ab/cd+ef\"\r\n\theader.d=example.com;\r\n\
+                 \tspf=fail reason=\"not listed\"\r\nFrom: "
+            ),
+            "{data}"
+        );
+        assert_eq!(
+            msg.get_all_named_header_values("Authentication-Results")
+                .len(),
+            2
+        );
+    }
+
+    /// A stand-in authenticator, as the DKIM crate would install one.
+    struct FakeAuthenticator;
+    impl MessageAuthenticator for FakeAuthenticator {
+        fn dkim_verify(
+            &self,
+            msg: &Message,
+            resolver: Option<&str>,
+        ) -> Result<AuthFuture<Vec<AuthenticationResult>>, String> {
+            if resolver == Some("missing") {
+                return Err("no resolver named 'missing'".to_string());
+            }
+            let mut result = AuthenticationResult::new("dkim", "pass");
+            result.props.insert(
+                "header.d".into(),
+                msg.from_header().unwrap().unwrap().domain().unwrap().into(),
+            );
+            result
+                .props
+                .insert("resolver".into(), resolver.unwrap_or("default").into());
+            Ok(Box::pin(async move { Ok(vec![result]) }))
+        }
+    }
+
+    #[test]
+    fn authentication_methods_without_hook_are_unsupported() {
+        let (lua, _msg) = setup();
+        lua.globals().set("signer", FakeSigner("x")).unwrap();
+        for call in [
+            "msg:dkim_verify()",
+            "msg:arc_verify()",
+            "msg:arc_seal(signer, 'mx', {})",
+        ] {
+            let name = call[4..].split('(').next().unwrap();
+            let err = lua.load(call).exec().unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("msg:{name} is not supported by Tern yet")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn dkim_verify_calls_the_installed_hook() {
+        let (lua, msg) = setup();
+        lua.set_app_data(AuthHook(Arc::new(FakeAuthenticator)));
+        lua.globals().set("signer", FakeSigner("x")).unwrap();
+        run(
+            &lua,
+            r#"
+            local results = msg:dkim_verify()
+            assert(#results == 1 and results[1].result == 'pass' and results[1].reason == nil)
+            assert(results[1].props['header.d'] == 'example.com')
+            assert(results[1].props.resolver == 'default')
+            assert(msg:dkim_verify('alt')[1].props.resolver == 'alt')
+            local ok, err = pcall(function() msg:dkim_verify('missing') end)
+            assert(not ok and tostring(err):find("msg:dkim_verify: no resolver named 'missing'"), err)
+            -- The results go straight back into a header.
+            msg:add_authentication_results('mx', results)
+            -- An authenticator without ARC support says so.
+            ok, err = pcall(function() msg:arc_verify() end)
+            assert(not ok and tostring(err):find('msg:arc_verify is not supported by Tern yet'), err)
+            ok, err = pcall(function() msg:arc_seal(signer, 'mx', results) end)
+            assert(not ok and tostring(err):find('msg:arc_seal is not supported by Tern yet'), err)
+            ok, err = pcall(function() msg:arc_seal('nope', 'mx', results) end)
+            assert(not ok and tostring(err):find('expects a signer'), err)
+            "#,
+        );
+        assert!(
+            msg.data()
+                .starts_with(b"Authentication-Results: mx;\r\n\tdkim=pass\r\n\theader.d=example.com\r\n\tresolver=default\r\n")
         );
     }
 
