@@ -65,6 +65,27 @@ pub enum SpoolError {
     Unhealthy(String),
     #[error("{0}")]
     Config(String),
+    /// An entry that enumeration found but could not turn into an id and
+    /// bytes (an unreadable file, a name that is not an id, a key of the
+    /// wrong size). [`Spool::remove_unreadable`] deletes it.
+    #[error("unreadable spool entry {}: {}", .0.location, .0.reason)]
+    Unreadable(UnreadableEntry),
+}
+
+/// Where an unreadable entry lives, so that recovery can remove it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnreadableEntry {
+    /// A path (LocalDisk) or a hex key (RocksDB), for the log.
+    pub location: String,
+    /// Why it could not be read.
+    pub reason: String,
+    pub(crate) target: UnreadableTarget,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum UnreadableTarget {
+    File(PathBuf),
+    Key(Vec<u8>),
 }
 
 impl SpoolError {
@@ -95,6 +116,7 @@ impl SpoolError {
             },
             Self::Unhealthy(text) => Self::Unhealthy(text.clone()),
             Self::Config(text) => Self::Config(text.clone()),
+            Self::Unreadable(entry) => Self::Unreadable(entry.clone()),
         }
     }
 }
@@ -315,8 +337,29 @@ impl Spool {
         }
     }
 
-    /// Periodic maintenance: LocalDisk syncs directories dirtied by removes
-    /// and prunes empty directories; RocksDB flushes and compacts.
+    /// Deletes an entry that [`Spool::enumerate`] reported as
+    /// [`SpoolError::Unreadable`]. Recovery does this so that an entry it
+    /// can never deliver does not come back at every start.
+    pub async fn remove_unreadable(&self, entry: &UnreadableEntry) -> Result<()> {
+        let _permit = permit(&self.limits.removes).await;
+        match (&self.backend, &entry.target) {
+            (Backend::LocalDisk(disk), UnreadableTarget::File(path)) => {
+                disk.remove_file(path.clone()).await
+            }
+            (Backend::Rocks(rocks), UnreadableTarget::Key(key)) => {
+                rocks.remove_key(key.clone()).await
+            }
+            _ => Err(SpoolError::Storage(format!(
+                "{} does not belong to spool {}",
+                entry.location, self.config.name
+            ))),
+        }
+    }
+
+    /// Periodic maintenance (the server runs it every 10 minutes):
+    /// LocalDisk syncs directories dirtied by removes and prunes empty
+    /// `aa/bb/cc/dd` directories (never while a store is placing a file);
+    /// RocksDB flushes its memtables and compacts away deleted messages.
     pub async fn cleanup(&self) -> Result<()> {
         match &self.backend {
             Backend::LocalDisk(disk) => disk.cleanup().await,

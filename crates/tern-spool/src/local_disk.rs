@@ -17,9 +17,18 @@
 //! possible duplicate, never a loss. Removes unlink at once and the
 //! directory is synced lazily (at `cleanup` or `close`): a lost delete only
 //! causes a duplicate delivery.
+//!
+//! `cleanup` prunes the `aa/bb/cc/dd` directories that removes left empty.
+//! A directory the writer has just created is empty until the rename
+//! lands in it, so the writer's "create directories, rename, sync
+//! directories" step and each `rmdir` of the pruner exclude each other
+//! through one lock ([`DirGuard`]); the pruner takes it per directory, so
+//! a store never waits for a whole walk.
 
 use crate::enumerate::{self, Enumeration, Producer, SpoolEntry};
-use crate::{Counters, Pending, Result, SpoolError, SpoolId, blocking};
+use crate::{
+    Counters, Pending, Result, SpoolError, SpoolId, UnreadableEntry, UnreadableTarget, blocking,
+};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashSet;
@@ -67,8 +76,13 @@ enum Request {
     Shutdown,
 }
 
+/// Serialises directory creation + rename (writer) against directory
+/// removal (cleanup); see the module documentation.
+type DirGuard = Arc<Mutex<()>>;
+
 pub(crate) struct LocalDisk {
     data_dir: Arc<PathBuf>,
+    dir_guard: DirGuard,
     tx: mpsc::Sender<Request>,
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Directories whose unlinks have not been synced yet.
@@ -128,9 +142,11 @@ impl LocalDisk {
         }
 
         let (tx, rx) = mpsc::channel();
+        let dir_guard = DirGuard::default();
         let writer = Writer {
             new_dir,
             data_dir: data_dir.clone(),
+            dir_guard: dir_guard.clone(),
             root_fd,
             flush,
             sync,
@@ -142,6 +158,7 @@ impl LocalDisk {
             .map_err(|err| SpoolError::io("cannot start spool writer thread", err))?;
         Ok(Self {
             data_dir: Arc::new(data_dir),
+            dir_guard,
             tx,
             writer: Mutex::new(Some(handle)),
             lazy_dirty: Arc::default(),
@@ -176,6 +193,34 @@ impl LocalDisk {
                 ErrorKind::NotFound => SpoolError::NotFound(id),
                 _ => SpoolError::io(format!("cannot remove {}", path.display()), err),
             })?;
+            if let Some(parent) = path.parent() {
+                lazy_dirty.lock().insert(parent.to_path_buf());
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes a file that enumeration could not read or name.
+    pub(crate) async fn remove_file(&self, path: PathBuf) -> Result<()> {
+        if !path.starts_with(&*self.data_dir) {
+            return Err(SpoolError::Storage(format!(
+                "{} is outside the spool's data directory",
+                path.display()
+            )));
+        }
+        let lazy_dirty = self.lazy_dirty.clone();
+        blocking(move || {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == ErrorKind::NotFound => return Ok(()),
+                Err(err) => {
+                    return Err(SpoolError::io(
+                        format!("cannot remove {}", path.display()),
+                        err,
+                    ));
+                }
+            }
             if let Some(parent) = path.parent() {
                 lazy_dirty.lock().insert(parent.to_path_buf());
             }
@@ -247,10 +292,11 @@ impl LocalDisk {
     pub(crate) async fn cleanup(&self) -> Result<()> {
         let lazy_dirty = self.lazy_dirty.clone();
         let data_dir = self.data_dir.clone();
+        let guard = self.dir_guard.clone();
         let flush = self.flush;
         blocking(move || {
             Self::sync_lazy_dirs(&lazy_dirty, flush)?;
-            prune_empty_dirs(&data_dir, 0);
+            prune_empty_dirs(&data_dir, 0, &guard);
             Ok(())
         })
         .await
@@ -312,18 +358,36 @@ fn walk(dir: &Path, prefix: &mut String, depth: usize, producer: &mut Producer) 
                 continue;
             }
         };
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
         let path = entry.path();
-        let keep_going = if depth < 4 {
-            if name.len() != 2 {
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        let name = entry.file_name();
+        let name = match name.to_str() {
+            Some(name) => name,
+            None if is_dir => continue,
+            None => {
+                if !producer.error(unreadable(&path, "the file name is not UTF-8".into())) {
+                    return false;
+                }
                 continue;
             }
-            let len = prefix.len();
-            prefix.push_str(name);
-            let ok = walk(&path, prefix, depth + 1, producer);
-            prefix.truncate(len);
-            ok
+        };
+        let keep_going = if depth < 4 {
+            if !is_dir {
+                // Only directories belong above the leaves.
+                producer.error(unreadable(
+                    &path,
+                    format!("a file at directory level {depth} is not a message"),
+                ))
+            } else if name.len() != 2 {
+                // Not ours; leave it to the operator.
+                true
+            } else {
+                let len = prefix.len();
+                prefix.push_str(name);
+                let ok = walk(&path, prefix, depth + 1, producer);
+                prefix.truncate(len);
+                ok
+            }
         } else {
             let mut hex = String::with_capacity(32);
             hex.push_str(prefix);
@@ -333,15 +397,13 @@ fn walk(dir: &Path, prefix: &mut String, depth: usize, producer: &mut Producer) 
                     Ok(data) => producer.push(SpoolEntry { id, data }),
                     // removed while we walked: not an entry any more
                     Err(err) if err.kind() == ErrorKind::NotFound => true,
-                    Err(err) => producer.error(SpoolError::io(
-                        format!("cannot read {}", path.display()),
-                        err,
-                    )),
+                    Err(err) => producer.error(unreadable(&path, format!("cannot read it: {err}"))),
                 },
-                Err(_) => producer.error(SpoolError::Storage(format!(
-                    "unexpected file {} in the spool",
-                    path.display()
-                ))),
+                Err(_) if is_dir => true,
+                Err(_) => producer.error(unreadable(
+                    &path,
+                    "its path does not spell a spool id".into(),
+                )),
             }
         };
         if !keep_going {
@@ -351,10 +413,20 @@ fn walk(dir: &Path, prefix: &mut String, depth: usize, producer: &mut Producer) 
     true
 }
 
-/// Removes empty `aa/bb/cc/dd` directories. Returns whether `dir` ended up
-/// empty. Races with the writer are harmless: it recreates a directory
-/// that vanished between its `mkdir` and its `rename`.
-fn prune_empty_dirs(dir: &Path, depth: usize) -> bool {
+fn unreadable(path: &Path, reason: String) -> SpoolError {
+    SpoolError::Unreadable(UnreadableEntry {
+        location: path.display().to_string(),
+        reason,
+        target: UnreadableTarget::File(path.to_path_buf()),
+    })
+}
+
+/// Removes empty `aa/bb/cc/dd` directories below `dir` (never `dir`
+/// itself). Returns whether `dir` ended up empty. Each `rmdir` holds the
+/// directory guard, so it can never remove a directory the writer has
+/// just created for a rename still to come; `rmdir` itself refuses a
+/// directory that is not empty.
+fn prune_empty_dirs(dir: &Path, depth: usize, guard: &Mutex<()>) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return false;
     };
@@ -362,8 +434,11 @@ fn prune_empty_dirs(dir: &Path, depth: usize) -> bool {
     for entry in entries.flatten() {
         if depth < 4 && entry.file_type().is_ok_and(|t| t.is_dir()) {
             let path = entry.path();
-            if prune_empty_dirs(&path, depth + 1) && std::fs::remove_dir(&path).is_ok() {
-                continue;
+            if prune_empty_dirs(&path, depth + 1, guard) {
+                let _held = guard.lock();
+                if std::fs::remove_dir(&path).is_ok() {
+                    continue;
+                }
             }
         }
         empty = false;
@@ -374,6 +449,7 @@ fn prune_empty_dirs(dir: &Path, depth: usize) -> bool {
 struct Writer {
     new_dir: PathBuf,
     data_dir: PathBuf,
+    dir_guard: DirGuard,
     root_fd: File,
     flush: bool,
     sync: LocalDiskSync,
@@ -456,6 +532,9 @@ impl Writer {
             item.file = None;
         }
 
+        // Held until the directory entries are durable: cleanup must not
+        // remove a directory between its creation and the rename into it.
+        let _dirs = self.dir_guard.lock();
         let mut dirty = HashSet::new();
         let mut renamed = Vec::with_capacity(staged.len());
         for item in staged {
@@ -570,8 +649,9 @@ impl Writer {
         dirty: &mut HashSet<PathBuf>,
     ) -> Result<()> {
         let parent = target.parent().expect("message paths have a parent");
-        // A concurrent cleanup may prune a directory between mkdir and
-        // rename, so retry a few times.
+        // The directory guard keeps cleanup out, so the second pass always
+        // finds the directories it created; the bound only stops a loop if
+        // something outside Tern keeps deleting them.
         for _ in 0..4 {
             match std::fs::rename(temp, target) {
                 Ok(()) => {
@@ -664,5 +744,31 @@ mod tests {
             path,
             Path::new("/s/data/d7/ef/13/2b/5d7711eea8c8000c29c33806")
         );
+    }
+
+    /// The writer holds the guard from creating a message's directories
+    /// until the rename into them is durable; a cleanup that runs
+    /// meanwhile must leave the (still empty) directories alone.
+    #[test]
+    fn pruning_waits_for_a_writer_between_mkdir_and_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let leaf = dir.path().join("aa/bb/cc/dd");
+        std::fs::create_dir_all(&leaf).unwrap();
+        let guard = Arc::new(Mutex::new(()));
+        let held = guard.lock();
+        let pruner = {
+            let (root, guard) = (dir.path().to_path_buf(), guard.clone());
+            std::thread::spawn(move || prune_empty_dirs(&root, 0, &guard))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(
+            leaf.is_dir(),
+            "an empty directory was pruned under a writer"
+        );
+        // The writer's rename lands, then it lets go.
+        std::fs::write(leaf.join("rest-of-id"), b"x").unwrap();
+        drop(held);
+        assert!(!pruner.join().unwrap());
+        assert!(leaf.join("rest-of-id").is_file());
     }
 }

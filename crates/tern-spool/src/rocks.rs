@@ -15,7 +15,9 @@
 use crate::config::{CompressionType, LogLevel, RocksParams};
 use crate::enumerate::{self, Enumeration, SpoolEntry};
 use crate::health::HealthGate;
-use crate::{Counters, Pending, Result, SpoolError, SpoolId, blocking};
+use crate::{
+    Counters, Pending, Result, SpoolError, SpoolId, UnreadableEntry, UnreadableTarget, blocking,
+};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rocksdb::{DB, DBCompressionType, ErrorKind, IteratorMode, Options, WriteBatch, WriteOptions};
@@ -281,10 +283,11 @@ impl Rocks {
                             id: SpoolId::from_uuid(uuid_from(bytes)),
                             data: value.into_vec(),
                         }),
-                        Err(_) => producer.error(SpoolError::Storage(format!(
-                            "unexpected {}-byte key in the RocksDB spool",
-                            key.len()
-                        ))),
+                        Err(_) => producer.error(SpoolError::Unreadable(UnreadableEntry {
+                            location: format!("key {}", hex(&key)),
+                            reason: format!("a {}-byte key is not a spool id", key.len()),
+                            target: UnreadableTarget::Key(key.to_vec()),
+                        })),
                     },
                     Err(err) => {
                         producer.error(storage_error("cannot iterate the RocksDB spool", err));
@@ -298,6 +301,20 @@ impl Rocks {
         })
     }
 
+    /// Deletes a key that enumeration could not turn into a spool id.
+    pub(crate) async fn remove_key(&self, key: Vec<u8>) -> Result<()> {
+        let db = self.db.clone();
+        blocking(move || {
+            db.delete(&key)
+                .map_err(|err| storage_error("cannot delete from the RocksDB spool", err))
+        })
+        .await
+    }
+
+    /// Flushes the memtables to SST files (so the WAL can be recycled)
+    /// and compacts the whole key range: a spool is a queue, and the
+    /// tombstones its deliveries leave behind otherwise linger until
+    /// RocksDB's own size triggers fire.
     pub(crate) async fn cleanup(&self) -> Result<()> {
         let db = self.db.clone();
         blocking(move || {
@@ -336,6 +353,10 @@ impl Drop for Rocks {
             let _ = handle.join();
         }
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn uuid_from(bytes: [u8; 16]) -> uuid::Uuid {

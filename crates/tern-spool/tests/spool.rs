@@ -555,3 +555,137 @@ fn child_entry() {
         other => panic!("unknown child mode {other}"),
     }
 }
+
+/// Enumeration reports what it cannot read as `Unreadable`, and
+/// `remove_unreadable` deletes exactly that, so recovery can drop it.
+#[tokio::test]
+async fn unreadable_local_disk_entries_are_reported_and_removable() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&config(dir.path(), SpoolKind::LocalDisk)).unwrap();
+    let good = SpoolId::new();
+    spool
+        .store(good, Bytes::from_static(b"good"))
+        .await
+        .unwrap();
+    let leaf = dir.path().join("data/ab/cd/ef/01");
+    std::fs::create_dir_all(&leaf).unwrap();
+    let bad_name = leaf.join("not-a-spool-id");
+    std::fs::write(&bad_name, b"?").unwrap();
+    let stray = dir.path().join("data/ab/stray-file");
+    std::fs::write(&stray, b"?").unwrap();
+
+    let mut entries = spool.enumerate();
+    let mut found = Vec::new();
+    let mut unreadable = Vec::new();
+    while let Some(item) = entries.next().await {
+        match item {
+            Ok(entry) => found.push(entry.id),
+            Err(SpoolError::Unreadable(entry)) => unreadable.push(entry),
+            Err(other) => panic!("unexpected enumeration error: {other}"),
+        }
+    }
+    assert_eq!(found, vec![good]);
+    let mut locations: Vec<String> = unreadable.iter().map(|u| u.location.clone()).collect();
+    locations.sort();
+    let mut expected = vec![bad_name.display().to_string(), stray.display().to_string()];
+    expected.sort();
+    assert_eq!(locations, expected);
+    for entry in &unreadable {
+        assert!(!entry.reason.is_empty());
+        spool.remove_unreadable(entry).await.unwrap();
+    }
+    assert!(!bad_name.exists() && !stray.exists());
+    assert_eq!(collect(&spool).await.len(), 1);
+}
+
+#[tokio::test]
+async fn unreadable_rocksdb_keys_are_reported_and_removable() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // A key that is not 16 bytes, written behind the spool's back.
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        let db = rocksdb::DB::open(&opts, dir.path()).unwrap();
+        db.put(b"odd", b"value").unwrap();
+    }
+    let spool = Spool::open(&config(dir.path(), SpoolKind::RocksDB)).unwrap();
+    let good = SpoolId::new();
+    spool
+        .store(good, Bytes::from_static(b"good"))
+        .await
+        .unwrap();
+    let mut entries = spool.enumerate();
+    let mut found = Vec::new();
+    let mut unreadable = Vec::new();
+    while let Some(item) = entries.next().await {
+        match item {
+            Ok(entry) => found.push(entry.id),
+            Err(SpoolError::Unreadable(entry)) => unreadable.push(entry),
+            Err(other) => panic!("unexpected enumeration error: {other}"),
+        }
+    }
+    assert_eq!(found, vec![good]);
+    assert_eq!(unreadable.len(), 1);
+    assert_eq!(unreadable[0].location, "key 6f6464");
+    spool.remove_unreadable(&unreadable[0]).await.unwrap();
+    assert_eq!(collect(&spool).await.len(), 1);
+}
+
+/// Cleanup running in a loop while stores and removes go on: every store
+/// succeeds, every kept message is intact, and what removes emptied is
+/// pruned once traffic stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cleanup_prunes_empty_directories_while_stores_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(Spool::open(&config(dir.path(), SpoolKind::LocalDisk)).unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cleaner = {
+        let (spool, stop) = (spool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut runs = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                spool.cleanup().await.unwrap();
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let mut kept = Vec::new();
+    for round in 0..40 {
+        let ids: Vec<SpoolId> = (0..25).map(|_| SpoolId::new()).collect();
+        let stores: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (spool, id) = (spool.clone(), *id);
+                tokio::spawn(async move { spool.store(id, Bytes::from(body_for(id))).await })
+            })
+            .collect();
+        for store in stores {
+            store
+                .await
+                .unwrap()
+                .expect("a store failed while cleanup was running");
+        }
+        for (n, id) in ids.into_iter().enumerate() {
+            if n % 5 == round % 5 {
+                kept.push(id);
+            } else {
+                spool.remove(id).await.unwrap();
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(cleaner.await.unwrap() > 0);
+    for id in &kept {
+        assert_eq!(spool.load(*id).await.unwrap(), body_for(*id));
+    }
+    for id in &kept {
+        spool.remove(*id).await.unwrap();
+    }
+    spool.cleanup().await.unwrap();
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("data")).unwrap().count(),
+        0,
+        "empty directories were left behind"
+    );
+}
