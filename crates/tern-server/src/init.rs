@@ -1,6 +1,7 @@
 //! Init-time configuration functions: `kumo.define_spool`,
 //! `kumo.start_esmtp_listener`, `kumo.start_http_listener`,
-//! `kumo.configure_local_logs`, and the thread-pool knobs.
+//! `kumo.configure_local_logs`, `kumo.suspend_delivery_when_spool_unhealthy`,
+//! `kumo.set_spoolin_threads`, and the other thread-pool knobs.
 //!
 //! Each function checks its parameter table strictly and records it in the
 //! shared [`InitConfig`]; the startup sequence acts on the record once
@@ -24,6 +25,28 @@ pub struct InitConfig {
     pub http_listeners: Vec<HttpListenerParams>,
     pub log_configs: Vec<LogConfig>,
     pub log_hooks: Vec<tern_log::LogHookConfig>,
+    /// `kumo.suspend_delivery_when_spool_unhealthy`; `None` = the default
+    /// (true).
+    pub suspend_delivery_when_spool_unhealthy: Option<bool>,
+    /// `kumo.set_spoolin_threads`; `None` = the default (see
+    /// [`InitConfig::spoolin_threads`]).
+    pub spoolin_threads: Option<usize>,
+}
+
+impl InitConfig {
+    /// Whether delivery pauses while a spool is latched unhealthy.
+    pub fn suspend_delivery_when_spool_unhealthy(&self) -> bool {
+        self.suspend_delivery_when_spool_unhealthy.unwrap_or(true)
+    }
+
+    /// How many entries spool recovery processes at once: the policy's
+    /// choice, else half the CPUs (at least one), as KumoMTA sizes its
+    /// spool-in pool.
+    pub fn spoolin_threads(&self) -> usize {
+        self.spoolin_threads.unwrap_or_else(|| {
+            (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1)
+        })
+    }
 }
 
 #[derive(Clone, Default)]
@@ -115,9 +138,6 @@ impl LuaRegistrar for InitRecorder {
                 Ok(())
             })?,
         )?;
-        // Tern runs every component on one shared tokio runtime, so the
-        // per-pool thread counts of upstream have nothing to size. They are
-        // accepted (policies call them in pre_init) and said to be ignored.
         let rec = self.clone();
         kumo.raw_set(
             "configure_log_hook",
@@ -130,10 +150,52 @@ impl LuaRegistrar for InitRecorder {
                 Ok(())
             })?,
         )?;
+        let rec = self.clone();
+        kumo.raw_set(
+            "suspend_delivery_when_spool_unhealthy",
+            lua.create_function(move |lua, enabled: Value| {
+                require_init(lua, "kumo.suspend_delivery_when_spool_unhealthy")?;
+                let Value::Boolean(enabled) = enabled else {
+                    return Err(mlua::Error::runtime(format!(
+                        "kumo.suspend_delivery_when_spool_unhealthy expects a boolean, got {}",
+                        enabled.type_name()
+                    )));
+                };
+                rec.with(|cfg| cfg.suspend_delivery_when_spool_unhealthy = Some(enabled));
+                Ok(())
+            })?,
+        )?;
+        // Spool recovery runs this many entries at once (§2.3).
+        let rec = self.clone();
+        kumo.raw_set(
+            "set_spoolin_threads",
+            lua.create_function(move |lua, n: Value| {
+                require_init(lua, "kumo.set_spoolin_threads")?;
+                let n = match n {
+                    Value::Integer(n) if n >= 1 => n as usize,
+                    Value::Number(n) if n >= 1.0 && n.fract() == 0.0 => n as usize,
+                    other => {
+                        return Err(mlua::Error::runtime(format!(
+                            "kumo.set_spoolin_threads expects a positive whole number, got {}",
+                            match other {
+                                Value::Integer(n) => n.to_string(),
+                                Value::Number(n) => n.to_string(),
+                                other => other.type_name().to_string(),
+                            }
+                        )));
+                    }
+                };
+                rec.with(|cfg| cfg.spoolin_threads = Some(n));
+                Ok(())
+            })?,
+        )?;
+        // Tern runs every component on one shared tokio runtime, so the
+        // other per-pool thread counts of upstream have nothing to size.
+        // They are accepted (policies call them in pre_init) and said to
+        // be ignored.
         for name in [
             "set_smtpsrv_threads",
             "set_httpinject_threads",
-            "set_spoolin_threads",
             "set_readyq_threads",
             "set_ready_qmaint_threads",
             "set_qmaint_threads",

@@ -8,7 +8,11 @@
 //!    <addr>`), open the spools and recover what they hold (ingress answers
 //!    "waiting for spool startup" meanwhile), then print
 //!    `initialization complete`;
-//! 5. SIGTERM, SIGINT and SIGHUP all start a graceful shutdown.
+//! 5. start the spool maintenance task (cleanup every 10 minutes);
+//! 6. SIGTERM, SIGINT and SIGHUP all start a graceful shutdown: new work
+//!    is refused, delivery connections get a few seconds to finish, the
+//!    loggers are flushed, messages held only in memory (`deferred_spool`)
+//!    are written to the spool, and the spools are closed.
 
 use crate::init::{InitConfig, InitRecorder};
 use crate::options::ServeOptions;
@@ -20,6 +24,8 @@ use tern_policy::{EngineOptions, LuaRegistrar, PolicyEngine, PolicyError};
 
 /// Run `tern serve`; returns the process exit code.
 pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
+    // Spool entries created from here on are live, not for recovery.
+    let process_started = std::time::SystemTime::now();
     let recorder = InitRecorder::default();
     let mut engine_options = EngineOptions::new(options.policy.clone());
     engine_options.validating = options.validate;
@@ -89,6 +95,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     }
 
     check_config(&config)?;
+    let suspend_when_spool_unhealthy = config.suspend_delivery_when_spool_unhealthy();
+    let spoolin_threads = config.spoolin_threads();
     let node_id = crate::nodeid::load_node_id()?;
     let state = Arc::new(ServerState::new(
         crate::state::hostname(),
@@ -134,6 +142,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
         state.hostname.clone(),
         dns,
         state.shutdown_signal(),
+        suspend_when_spool_unhealthy,
     );
     let _ = reception
         .queues
@@ -141,7 +150,11 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     let _ = queues
         .generator
         .set(Arc::new(HttpGenerator(Arc::downgrade(&state))));
-    let recovered = crate::queue::recovery::recover(&queues)
+    let recovery_options = crate::queue::recovery::RecoveryOptions {
+        started: process_started,
+        workers: spoolin_threads,
+    };
+    let recovered = crate::queue::recovery::recover(&queues, recovery_options)
         .await
         .map_err(|err| anyhow::anyhow!("spool recovery aborted: {err}"))?;
     reception
@@ -149,25 +162,44 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
         .store(recovered.queued, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         "spool recovery: {} messages queued, {} expired, {} corrupt entries removed, \
-         {} left for a failed get_queue_config in {:.2}s",
+         {} left for a failed get_queue_config, {} live entries ignored in {:.2}s",
         recovered.queued,
         recovered.expired,
         recovered.corrupt,
         recovered.failed,
+        recovered.ignored,
         recovered.seconds
     );
     state.set_spool_ready();
+    let _maintenance = crate::maintenance::spawn_spool_maintenance(
+        reception.clone(),
+        |reception| vec![&reception.data, &reception.meta],
+        crate::maintenance::SPOOL_MAINTENANCE_INTERVAL,
+        state.shutdown_signal(),
+    );
     tracing::info!("initialization complete");
 
     wait_for_signal(signals).await;
     tracing::info!("shutting down");
     state.request_shutdown();
-    // Give sessions a moment to finish the transaction in progress.
+    // Give sessions a moment to finish the transaction in progress, and
+    // delivery connections a little longer to settle the message they are
+    // sending (its outcome is logged and written back before the spool
+    // closes). A connection still waiting for a slow server after that is
+    // abandoned; its message is saved below or recovered at next start.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let settle_until = std::time::Instant::now() + SHUTDOWN_SETTLE;
+    while queues.active_connections() > 0 && std::time::Instant::now() < settle_until {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     for logger in reception.loggers.iter() {
         if let Err(err) = logger.shutdown().await {
             tracing::error!("log shutdown: {err}");
         }
+    }
+    let saved = queues.save_unspooled().await;
+    if saved > 0 {
+        tracing::info!("shutdown: wrote {saved} deferred-spool messages to the spool");
     }
     let _ = reception.data.close().await;
     let _ = reception.meta.close().await;
@@ -184,6 +216,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     tracing::info!("shutdown complete");
     Ok(0)
 }
+
+/// How long shutdown waits for delivery connections to finish.
+const SHUTDOWN_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Everything that adds `kumo.*` functions to the policy's Lua states.
 #[allow(clippy::type_complexity)]

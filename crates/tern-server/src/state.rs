@@ -69,17 +69,83 @@ impl ServerState {
         self.shutdown.subscribe()
     }
 
-    /// Why ingress must be refused right now, if it must: the text that
-    /// follows `421 4.3.2 <host>` on SMTP and the 503 body on HTTP.
-    pub fn ingress_refusal(&self) -> Option<&'static str> {
+    /// Why ingress must be refused right now, if it must, in the order of
+    /// §3.2 step 2: shutting down, load shedding (memory), disk too full
+    /// (either spool), waiting for spool startup, spool unhealthy (either
+    /// spool latched after write errors).
+    pub fn refusal(&self) -> Option<Refusal> {
         if self.shutting_down() {
-            Some("shutting down")
-        } else if !self.spool_ready() {
-            Some("waiting for spool startup")
-        } else if self.memory.over_soft_limit() {
-            Some("load shedding")
-        } else {
-            None
+            return Some(Refusal::ShuttingDown);
+        }
+        if self.memory.over_soft_limit() {
+            return Some(Refusal::LoadShedding);
+        }
+        let reception = self.reception();
+        if let Some(reception) = reception
+            && (reception.data.check_free_space().is_err()
+                || reception.meta.check_free_space().is_err())
+        {
+            return Some(Refusal::DiskTooFull);
+        }
+        if !self.spool_ready() {
+            return Some(Refusal::WaitingForSpool);
+        }
+        if let Some(reception) = reception
+            && let Err(reason) = reception.data.health().and(reception.meta.health())
+        {
+            return Some(Refusal::SpoolUnhealthy(reason));
+        }
+        None
+    }
+
+    /// The refusals the SMTP session renders from a fixed text (shutting
+    /// down, load shedding, waiting for spool startup), in the order of
+    /// [`ServerState::refusal`]. `None` when the reason is the disk or
+    /// spool health: the session's own storage check, which runs right
+    /// after this one, answers those with their own replies, so the
+    /// overall order stays that of §3.2.
+    pub fn ingress_refusal(&self) -> Option<&'static str> {
+        match self.refusal()? {
+            Refusal::ShuttingDown => Some("shutting down"),
+            Refusal::LoadShedding => Some("load shedding"),
+            Refusal::WaitingForSpool => Some("waiting for spool startup"),
+            Refusal::DiskTooFull | Refusal::SpoolUnhealthy(_) => None,
+        }
+    }
+}
+
+/// Why ingress is refused (see [`ServerState::refusal`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    ShuttingDown,
+    LoadShedding,
+    /// A spool's filesystem is below `min_free_space`/`min_free_inodes`.
+    DiskTooFull,
+    /// Spool enumeration at startup has not finished.
+    WaitingForSpool,
+    /// A RocksDB spool is latched unhealthy; the reason names the error.
+    SpoolUnhealthy(String),
+}
+
+impl Refusal {
+    /// The text after `421 4.3.2 <host>` on SMTP and the body of an HTTP
+    /// injection's 503.
+    pub fn ingress_text(&self) -> String {
+        match self {
+            Self::ShuttingDown => "shutting down".into(),
+            Self::LoadShedding => "load shedding".into(),
+            Self::DiskTooFull => tern_spool::DISK_TOO_FULL.into(),
+            Self::WaitingForSpool => "waiting for spool startup".into(),
+            Self::SpoolUnhealthy(reason) => reason.clone(),
+        }
+    }
+
+    /// The body of `GET /api/check-liveness/v1`'s 503, in KumoMTA's words
+    /// (which say "storage" where the ingress replies say "disk").
+    pub fn liveness_text(&self) -> String {
+        match self {
+            Self::DiskTooFull => "storage is too full".into(),
+            other => other.ingress_text(),
         }
     }
 }
@@ -101,5 +167,69 @@ pub async fn wait_for_shutdown(mut shutdown: watch::Receiver<bool>) {
         if shutdown.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reception::Reception;
+    use tern_policy::{EngineOptions, PolicyEngine};
+    use tern_spool::{FreeThreshold, Spool, SpoolConfig, SpoolKind};
+
+    fn state(dir: &std::path::Path) -> ServerState {
+        let policy = dir.join("init.lua");
+        std::fs::write(&policy, "").unwrap();
+        let engine = PolicyEngine::new(EngineOptions::new(&policy));
+        let memory = Arc::new(MemoryGovernor::discover());
+        ServerState::new("mx.test".into(), Uuid::new_v4(), engine, memory)
+    }
+
+    /// A reception whose meta spool (only) demands 100% free space.
+    fn full_meta(dir: &std::path::Path) -> Arc<Reception> {
+        let open = |name: &str, min: FreeThreshold| {
+            let mut config = SpoolConfig::new(name, dir.join(name), SpoolKind::LocalDisk);
+            config.min_free_space = min;
+            Spool::open(&config).unwrap()
+        };
+        Arc::new(Reception {
+            data: open("data", FreeThreshold::Absolute(0)),
+            meta: open("meta", FreeThreshold::Percent(100.0)),
+            loggers: Arc::new(Vec::new()),
+            node_id: Uuid::new_v4(),
+            spooled: Default::default(),
+            queues: Default::default(),
+            filter: Default::default(),
+            hooks: Vec::new(),
+        })
+    }
+
+    /// §3.2 step 2: shutting down, load shedding, disk too full (either
+    /// spool), waiting for spool startup, then spool health. Each stage
+    /// adds a reason that must take precedence over the ones before.
+    #[test]
+    fn refusals_come_in_the_order_of_the_spec() {
+        let dir = std::env::temp_dir().join(format!("tern-state-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = state(&dir);
+        assert_eq!(state.refusal(), Some(Refusal::WaitingForSpool));
+        assert_eq!(state.ingress_refusal(), Some("waiting for spool startup"));
+
+        state.set_reception(full_meta(&dir));
+        assert_eq!(state.refusal(), Some(Refusal::DiskTooFull));
+        // The SMTP session's own storage check answers this one.
+        assert_eq!(state.ingress_refusal(), None);
+        assert_eq!(Refusal::DiskTooFull.ingress_text(), "disk is too full");
+        assert_eq!(Refusal::DiskTooFull.liveness_text(), "storage is too full");
+
+        state.memory.set_soft_limit(1);
+        state.memory.sample();
+        assert_eq!(state.refusal(), Some(Refusal::LoadShedding));
+        assert_eq!(state.ingress_refusal(), Some("load shedding"));
+
+        state.request_shutdown();
+        assert_eq!(state.refusal(), Some(Refusal::ShuttingDown));
+        assert_eq!(state.ingress_refusal(), Some("shutting down"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -784,7 +784,7 @@ fn a_full_disk_makes_liveness_and_injection_answer_503() {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    assert_eq!(last, (503, "disk is too full".to_string()));
+    assert_eq!(last, (503, "storage is too full".to_string()));
     let request = json!({
         "envelope_sender": "s@example.com",
         "content": "Subject: x\n\ny\n",

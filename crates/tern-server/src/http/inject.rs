@@ -134,15 +134,14 @@ pub async fn inject(
     body: Body,
 ) -> Response {
     let state = &listener.state;
-    if let Some(reason) = state.ingress_refusal() {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, reason);
+    // Shutdown, memory, free space and health of both spools (§3.2's
+    // order, shared with SMTP).
+    if let Some(refusal) = state.refusal() {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, refusal.ingress_text());
     }
     let Some(reception) = state.reception().cloned() else {
         return json_error(StatusCode::SERVICE_UNAVAILABLE, "waiting for spool startup");
     };
-    if let Err(reason) = reception.data.check_free_space() {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, reason);
-    }
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

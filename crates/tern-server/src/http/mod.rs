@@ -108,16 +108,12 @@ impl Connected<IncomingStream<'_, tls::TlsListener>> for PeerAddr {
 
 /// `GET /api/check-liveness/v1`: 200 when ready to accept messages, 503
 /// with the reason otherwise.
+/// Both spools' free space and health count, as for SMTP.
 async fn check_liveness(State(listener): State<Arc<HttpListener>>) -> Response {
-    if let Some(reason) = listener.state.ingress_refusal() {
-        return (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
+    match listener.state.refusal() {
+        Some(refusal) => (StatusCode::SERVICE_UNAVAILABLE, refusal.liveness_text()).into_response(),
+        None => (StatusCode::OK, "OK").into_response(),
     }
-    if let Some(reception) = listener.state.reception()
-        && let Err(reason) = reception.data.check_free_space()
-    {
-        return (StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
-    }
-    (StatusCode::OK, "OK").into_response()
 }
 
 /// `GET /api/admin/memory/stats`: usage, limits and the load-shedding

@@ -30,6 +30,13 @@
 //! that configure queues, sources, pools and paths, with their caches),
 //! [`disposition`] (logging outcomes, requeue, expiry, removal),
 //! [`recovery`] (spool enumeration at startup).
+//!
+//! Two spool conditions reach into the queue layer: while a spool is
+//! latched unhealthy, due messages are held instead of delivered
+//! (`kumo.suspend_delivery_when_spool_unhealthy`, see
+//! [`QueueManager::delivery_suspended`]); and at graceful shutdown,
+//! messages that only exist in memory (`deferred_spool`) are written to
+//! the spool ([`QueueManager::save_unspooled`]).
 
 pub mod deferred_inject;
 pub mod disposition;
@@ -87,6 +94,8 @@ pub struct QueueManager {
     /// How many `smtp_server_message_deferred_inject` events may run at
     /// once (KumoMTA suggests a small multiple of the CPU count).
     pub(crate) deferred_inject_slots: Arc<tokio::sync::Semaphore>,
+    /// `kumo.suspend_delivery_when_spool_unhealthy` (default true).
+    pub(crate) suspend_when_spool_unhealthy: bool,
 }
 
 impl QueueManager {
@@ -96,6 +105,7 @@ impl QueueManager {
         hostname: String,
         dns: DnsHandle,
         shutdown: watch::Receiver<bool>,
+        suspend_when_spool_unhealthy: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
@@ -113,7 +123,55 @@ impl QueueManager {
             deferred_inject_slots: Arc::new(tokio::sync::Semaphore::new(
                 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
+            suspend_when_spool_unhealthy,
         })
+    }
+
+    /// `Some(reason)` while delivery must pause: a spool is latched
+    /// unhealthy and `kumo.suspend_delivery_when_spool_unhealthy` is on.
+    /// Delivering then would end in a `remove()` that may fail, leaving a
+    /// delivered message in the spool to be sent again.
+    pub(crate) fn delivery_suspended(&self) -> Option<String> {
+        if !self.suspend_when_spool_unhealthy {
+            return None;
+        }
+        let reception = &self.reception;
+        reception.data.health().and(reception.meta.health()).err()
+    }
+
+    /// Graceful shutdown (§1.1 "saves deferred-spool messages"): writes
+    /// every message the queue layer holds in memory that the spool does
+    /// not have yet (`deferred_spool` receptions, changes not written
+    /// back) to both spools, so that recovery finds them at the next
+    /// start. Runs after the queue maintainers and connection tasks have
+    /// stopped taking work. Returns how many messages were written.
+    pub async fn save_unspooled(&self) -> usize {
+        let mut pending: Vec<Message> = Vec::new();
+        for queue in self.scheduled.lock().values() {
+            queue.collect_unspooled(&mut pending);
+        }
+        for queue in self.ready.lock().values() {
+            queue.collect_unspooled(&mut pending);
+        }
+        let mut saved = 0;
+        for msg in &pending {
+            disposition::persist(self, msg).await;
+            if !msg.is_data_dirty() && !msg.is_meta_dirty() {
+                saved += 1;
+            }
+        }
+        if pending.len() > saved {
+            tracing::error!(
+                "shutdown: {} in-memory messages could not be written to the spool and are lost",
+                pending.len() - saved
+            );
+        }
+        saved
+    }
+
+    /// Connection tasks still running, over every ready queue.
+    pub fn active_connections(&self) -> usize {
+        self.ready.lock().values().map(|q| q.connections()).sum()
     }
 
     /// The scheduled queue `name`, created (and its maintainer started)

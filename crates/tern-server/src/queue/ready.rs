@@ -156,6 +156,24 @@ impl ReadyQueue {
         self.maybe_spawn(mgr);
     }
 
+    /// Connection tasks running for this queue.
+    pub fn connections(&self) -> usize {
+        self.state.lock().connections
+    }
+
+    /// Copies of the waiting messages the spool does not fully have
+    /// (`deferred_spool`), for the save at shutdown.
+    pub(crate) fn collect_unspooled(&self, into: &mut Vec<Message>) {
+        let state = self.state.lock();
+        into.extend(
+            state
+                .queue
+                .iter()
+                .filter(|m| m.is_data_dirty() || m.is_meta_dirty())
+                .cloned(),
+        );
+    }
+
     pub(crate) fn pop(&self) -> Option<Message> {
         self.state.lock().queue.pop_front()
     }
@@ -468,11 +486,17 @@ async fn run_session(
                 }
             }
         };
+        let mut throttled_until_shutdown = false;
         if let Some(spec) = &path.max_message_rate {
-            wait_for_throttle(mgr, &rate_key, spec).await;
+            throttled_until_shutdown |= !wait_for_throttle(mgr, &rate_key, spec).await;
         }
         for (name, spec) in &path.additional_message_rate_throttles {
-            wait_for_throttle(mgr, name, spec).await;
+            throttled_until_shutdown |= !wait_for_throttle(mgr, name, spec).await;
+        }
+        if throttled_until_shutdown {
+            // Back in the queue, where the shutdown save finds it.
+            ready.unpop(msg);
+            break;
         }
         deliver_one(mgr, ready, path, &mut conn, msg, &facts, retry_elsewhere).await;
         if mgr.shutting_down() {
@@ -488,10 +512,20 @@ async fn run_session(
     end
 }
 
-async fn wait_for_throttle(mgr: &QueueManager, key: &str, spec: &tern_types::ThrottleSpec) {
+/// Waits until the throttle allows one more; `false` when shutdown came
+/// first (the message must not be sent, nor lost).
+async fn wait_for_throttle(mgr: &QueueManager, key: &str, spec: &tern_types::ThrottleSpec) -> bool {
+    let mut shutdown = mgr.shutdown.clone();
     while let Err(wait) = mgr.throttles.check(key, spec, Instant::now()) {
-        tokio::time::sleep(wait).await;
+        if mgr.shutting_down() {
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+        }
     }
+    true
 }
 
 /// One message over `conn`, in as many transactions as

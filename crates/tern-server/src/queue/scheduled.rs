@@ -7,6 +7,13 @@
 //! maintainer task per queue promotes due messages towards the ready
 //! queues ([`promote`]), refreshes the queue configuration by TTL or
 //! epoch, and removes the queue once it has been empty for `reap_interval`.
+//!
+//! While a spool is latched unhealthy (and
+//! `kumo.suspend_delivery_when_spool_unhealthy` is on), the maintainer
+//! holds what falls due instead of promoting it: each message gets a
+//! `Delayed` record and waits for the next slot of its retry schedule
+//! ([`hold`]). A held message the spool does not have (`deferred_spool`)
+//! cannot become a spool id in the wheel, so it waits in memory instead.
 
 use super::disposition::{self, Requeue};
 use super::ready::{self, Target};
@@ -41,6 +48,9 @@ pub struct LoadedConfig {
 struct State {
     due_now: Vec<Message>,
     wheel: TimerWheel<Waiting>,
+    /// Messages held while the spool is unhealthy that exist only in
+    /// memory, with the time they are due again.
+    held: Vec<(SystemTime, Message)>,
     config: Option<LoadedConfig>,
     wrr: WeightedRoundRobin,
     last_active: Instant,
@@ -71,6 +81,7 @@ impl ScheduledQueue {
             state: Mutex::new(State {
                 due_now: Vec::new(),
                 wheel: TimerWheel::with_tick(TICK),
+                held: Vec::new(),
                 config: None,
                 wrr: WeightedRoundRobin::new(),
                 last_active: Instant::now(),
@@ -111,7 +122,22 @@ impl ScheduledQueue {
 
     pub fn len(&self) -> usize {
         let state = self.state.lock();
-        state.due_now.len() + state.wheel.len()
+        state.due_now.len() + state.wheel.len() + state.held.len()
+    }
+
+    /// Copies of the messages waiting here that the spool does not fully
+    /// have (`deferred_spool`), for the save at shutdown.
+    pub(crate) fn collect_unspooled(&self, into: &mut Vec<Message>) {
+        let state = self.state.lock();
+        let in_memory = state
+            .due_now
+            .iter()
+            .chain(state.held.iter().map(|(_, m)| m));
+        into.extend(
+            in_memory
+                .filter(|m| m.is_data_dirty() || m.is_meta_dirty())
+                .cloned(),
+        );
     }
 
     pub fn is_empty(&self) -> bool {
@@ -178,12 +204,26 @@ pub async fn maintain(mgr: Arc<QueueManager>, queue: Arc<ScheduledQueue>) {
         }
         let config = config_for(&mgr, &queue.name).await;
         {
+            let now = SystemTime::now();
             let mut state = queue.state.lock();
             let take = state.due_now.len().min(PROMOTE_BATCH);
             batch.extend(state.due_now.drain(..take));
-            state.wheel.pop_due_into(SystemTime::now(), &mut waiting);
+            state.wheel.pop_due_into(now, &mut waiting);
+            if state.held.iter().any(|(due, _)| *due <= now) {
+                let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut state.held)
+                    .into_iter()
+                    .partition(|(due, _)| *due <= now);
+                state.held = later;
+                batch.extend(due.into_iter().map(|(_, msg)| msg));
+            }
         }
         if !batch.is_empty() || !waiting.is_empty() {
+            if let Some(reason) = mgr.delivery_suspended() {
+                let msgs = std::mem::take(&mut batch);
+                let ids = std::mem::take(&mut waiting);
+                hold(&mgr, &queue, msgs, ids, config.as_ref(), &reason).await;
+                continue;
+            }
             let loaded = load_due(&mgr, &queue.name, std::mem::take(&mut waiting)).await;
             for msg in batch.drain(..).chain(loaded) {
                 promote(&mgr, &queue, msg, config.as_ref()).await;
@@ -194,7 +234,12 @@ pub async fn maintain(mgr: Arc<QueueManager>, queue: Arc<ScheduledQueue>) {
 
         let (deadline, idle_for) = {
             let state = queue.state.lock();
-            (state.wheel.next_deadline(), state.last_active.elapsed())
+            let held = state.held.iter().map(|(due, _)| *due).min();
+            let deadline = match (state.wheel.next_deadline(), held) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            (deadline, state.last_active.elapsed())
         };
         let reap_after = config
             .as_ref()
@@ -285,6 +330,108 @@ async fn load_due(mgr: &Arc<QueueManager>, queue: &str, due: Vec<Waiting>) -> Ve
         .filter_map(|m| async move { m })
         .collect()
         .await
+}
+
+/// The response of a `Delayed` record for a message held because a spool
+/// is unhealthy (KumoMTA's wording).
+pub fn spool_unhealthy_response(reason: &str) -> Response {
+    internal(
+        451,
+        "4.4.4",
+        &format!("KumoMTA internal: delivery suspended: spool unhealthy: {reason}"),
+    )
+}
+
+/// When a message held for an unhealthy spool is due again: the next slot
+/// of its retry schedule for the attempts it has made (no attempt is
+/// counted, since none was made), moved into its delivery window. Taking
+/// the normal schedule, rather than one fixed delay, keeps a spool full of
+/// held messages from all coming due at the same moment.
+pub fn held_until(
+    schedule: &tern_queue::RetrySchedule,
+    attempts: u16,
+    scheduling: Option<&tern_queue::Scheduling>,
+    now: SystemTime,
+) -> SystemTime {
+    let due = now + schedule.delay_for_attempt(u32::from(attempts)).max(TICK);
+    match scheduling {
+        Some(scheduling) => scheduling.adjust(due),
+        None => due,
+    }
+}
+
+/// Delivery is suspended (a spool is latched unhealthy): log a `Delayed`
+/// record for every message that fell due and put it back for the next
+/// slot of its schedule, without reading its body. Waiting entries are
+/// read from the meta spool only for their record (reads still work on a
+/// spool whose writes fail); one that cannot be read is held unlogged.
+async fn hold(
+    mgr: &Arc<QueueManager>,
+    queue: &Arc<ScheduledQueue>,
+    msgs: Vec<Message>,
+    waiting: Vec<Waiting>,
+    config: Result<&Arc<QueueConfig>, &String>,
+    reason: &str,
+) {
+    let schedule = match config {
+        Ok(config) => tern_queue::RetrySchedule::from_config(config),
+        Err(_) => tern_queue::RetrySchedule::from_config(&QueueConfig::default()),
+    };
+    let response = spool_unhealthy_response(reason);
+    let now = SystemTime::now();
+    for msg in msgs {
+        let scheduling = disposition::scheduling_of(&msg);
+        let due = held_until(&schedule, msg.num_attempts(), scheduling.as_ref(), now);
+        disposition::log(
+            mgr,
+            tern_log::RecordType::Delayed,
+            &msg,
+            &queue.name,
+            "",
+            response.clone(),
+            None,
+        )
+        .await;
+        if msg.is_data_dirty() || msg.is_meta_dirty() {
+            queue.state.lock().held.push((due, msg));
+        } else {
+            let entry = Waiting {
+                id: msg.id(),
+                attempts: msg.num_attempts(),
+            };
+            queue.state.lock().wheel.insert(due, entry);
+        }
+    }
+    for entry in waiting {
+        let msg = match mgr.reception.meta.load(entry.id).await {
+            Ok(meta) => Message::from_meta_spool_only(entry.id, &meta).ok(),
+            Err(_) => None,
+        };
+        let scheduling = msg.as_ref().and_then(disposition::scheduling_of);
+        let due = held_until(&schedule, entry.attempts, scheduling.as_ref(), now);
+        match msg {
+            Some(msg) => {
+                msg.set_num_attempts(entry.attempts);
+                disposition::log(
+                    mgr,
+                    tern_log::RecordType::Delayed,
+                    &msg,
+                    &queue.name,
+                    "",
+                    response.clone(),
+                    None,
+                )
+                .await;
+            }
+            None => tracing::warn!(
+                "queue {}: holding {} while the spool is unhealthy ({reason}); \
+                 its metadata could not be read for the Delayed record",
+                queue.name,
+                entry.id
+            ),
+        }
+        queue.state.lock().wheel.insert(due, entry);
+    }
 }
 
 /// Promotion (§7.1): from the scheduled queue to a ready queue (or, for
@@ -487,5 +634,42 @@ async fn generate(mgr: &Arc<QueueManager>, queue: &str, msg: Message) {
             let response = internal(451, "4.4.4", &format!("KumoMTA internal: {err}"));
             disposition::transient(mgr, msg, queue, site, response, None).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule() -> tern_queue::RetrySchedule {
+        tern_queue::RetrySchedule {
+            retry_interval: Duration::from_secs(20),
+            max_retry_interval: Some(Duration::from_secs(120)),
+            max_age: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn held_messages_wait_for_their_next_retry_slot_without_counting_an_attempt() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let due = |attempts| held_until(&schedule(), attempts, None, now);
+        assert_eq!(due(0), now + Duration::from_secs(20));
+        assert_eq!(due(1), now + Duration::from_secs(40));
+        assert_eq!(due(5), now + Duration::from_secs(120));
+    }
+
+    #[test]
+    fn the_held_record_names_the_spool_condition() {
+        let response = spool_unhealthy_response("RocksDB spool write failed: IO error");
+        assert_eq!(response.code, 451);
+        assert_eq!(
+            response.enhanced_code,
+            tern_log::EnhancedCode::parse("4.4.4")
+        );
+        assert_eq!(
+            response.content,
+            "KumoMTA internal: delivery suspended: spool unhealthy: \
+             RocksDB spool write failed: IO error"
+        );
     }
 }
