@@ -76,5 +76,5 @@ pub fn raise_open_files_limit() -> std::io::Result<u64> {
         }
         limit.rlim_cur = limit.rlim_max;
     }
-    Ok(limit.rlim_cur as u64)
+    Ok(limit.rlim_cur)
 }
