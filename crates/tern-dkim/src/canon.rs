@@ -132,6 +132,9 @@ pub(crate) fn canonicalize_header(out: &mut Vec<u8>, field: &[u8], canon: Canoni
 }
 
 /// Hash of the canonical body and its length in bytes (the `l=` value).
+/// With a length limit (a verifier honouring `l=`), `digest` covers only
+/// the first `limit` canonical bytes while `length` is still the whole
+/// canonical length, so the caller can tell a body shorter than `l=`.
 pub(crate) struct BodyHash {
     pub digest: digest::Digest,
     pub length: u64,
@@ -154,6 +157,8 @@ struct HashSink<'a> {
     buffer: [u8; 512],
     used: usize,
     total: u64,
+    /// Canonical bytes still to hash; `u64::MAX` without a limit.
+    room: u64,
 }
 
 impl<'a> HashSink<'a> {
@@ -166,12 +171,24 @@ impl<'a> HashSink<'a> {
             buffer: [0; 512],
             used: 0,
             total: 0,
+            room: u64::MAX,
         }
+    }
+
+    /// How many of `len` new canonical bytes may still be hashed.
+    fn admit(&mut self, len: usize) -> usize {
+        self.total += len as u64;
+        let take = (len as u64).min(self.room);
+        self.room -= take;
+        take as usize
     }
 
     /// The next canonical bytes are `source[start..end]` unchanged.
     fn copy(&mut self, start: usize, end: usize) {
-        self.total += (end - start) as u64;
+        let end = start + self.admit(end - start);
+        if end == start {
+            return;
+        }
         if self.used > 0 {
             self.context.update(&self.buffer[..self.used]);
             self.used = 0;
@@ -194,7 +211,10 @@ impl<'a> HashSink<'a> {
 
     /// The next canonical bytes are `data`.
     fn write(&mut self, data: &[u8]) {
-        self.total += data.len() as u64;
+        let data = &data[..self.admit(data.len())];
+        if data.is_empty() {
+            return;
+        }
         self.flush_run();
         if data.len() > self.buffer.len() - self.used {
             self.context.update(&self.buffer[..self.used]);
@@ -220,7 +240,20 @@ impl<'a> HashSink<'a> {
 
 /// Hash the canonical form of `body`.
 pub(crate) fn hash_body(body: &[u8], canon: Canonicalization) -> BodyHash {
+    hash_body_prefix(body, canon, None)
+}
+
+/// Hash the first `limit` bytes of the canonical form of `body` (all of it
+/// for `None`), as `l=` asks.
+pub(crate) fn hash_body_prefix(
+    body: &[u8],
+    canon: Canonicalization,
+    limit: Option<u64>,
+) -> BodyHash {
     let mut sink = HashSink::new(body);
+    if let Some(limit) = limit {
+        sink.room = limit;
+    }
     // Empty lines seen but not yet written: they are written only when a
     // non-empty line follows, which drops the trailing ones. `held_exact`
     // says whether they were all plain CRLF in the source.
@@ -535,6 +568,17 @@ mod tests {
                     body_hash(&body, canon),
                     (sha256(&expected), expected.len() as u64),
                     "{canon:?} {:?}",
+                    String::from_utf8_lossy(&body)
+                );
+                // A verifier's l= limit hashes a prefix of the same bytes
+                // but still reports the whole length.
+                let limit = next() % (expected.len() as u64 + 3);
+                let prefix = hash_body_prefix(&body, canon, Some(limit));
+                let cut = (limit as usize).min(expected.len());
+                assert_eq!(
+                    (prefix.digest.as_ref().to_vec(), prefix.length),
+                    (sha256(&expected[..cut]), expected.len() as u64),
+                    "{canon:?} l={limit} {:?}",
                     String::from_utf8_lossy(&body)
                 );
             }

@@ -20,12 +20,14 @@ mod key;
 mod lua;
 mod pool;
 mod signer;
+mod verify;
 
 pub use cache::{DEFAULT_CAPACITY, SignerCache};
 pub use config::{Algorithm, Canonicalization, SignerConfig};
 pub use lua::{DkimRegistrar, LuaSigner};
 pub use pool::{SigningPool, sign_on};
 pub use signer::Signer;
+pub use verify::{MAX_SIGNATURES, verify_dkim};
 
 /// Everything that can go wrong while building a signer or signing.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,14 @@
 //!   [`SigningPool`].
 //! * a [`DkimSignHook`] in the state's app data, which is what
 //!   `msg:dkim_sign(signer)` (defined by `tern-message`, which cannot depend
-//!   on this crate) calls.
+//!   on this crate) calls;
+//! * an [`AuthHook`] for `msg:dkim_verify([resolver])`: it picks the
+//!   resolver from the server's [`DnsHandle`] (the default one, or a
+//!   `kumo.dns.define_resolver` name) when the method is called, so test
+//!   zones configured in `init` apply, and returns a future that looks the
+//!   keys up without blocking a runtime thread. A registrar built without a
+//!   DNS handle ([`DkimRegistrar::with_dns`] not called) makes the method
+//!   raise an error that says so.
 //!
 //! Signing reads the message bytes once, computes the header, and stores
 //! `header + those bytes` as the new message data, so the signature is the
@@ -25,8 +32,9 @@ use crate::{DkimError, Signer, SignerCache, SigningPool};
 use mlua::{AnyUserData, Lua, MetaMethod, Table, UserData, UserDataFields, UserDataMethods, Value};
 use parking_lot::RwLock;
 use std::sync::Arc;
-use tern_message::Message;
-use tern_message::lua::{DkimSignFuture, DkimSignHook};
+use tern_dns::DnsHandle;
+use tern_message::lua::{AuthFuture, AuthHook, DkimSignFuture, DkimSignHook, MessageAuthenticator};
+use tern_message::{AuthenticationResult, Message};
 use tern_policy::kumo_module::namespace;
 use tern_policy::{LuaRegistrar, from_lua_params};
 
@@ -65,6 +73,8 @@ pub struct DkimRegistrar {
     pub cache: Arc<SignerCache>,
     /// The `dkimsign` pool, once `kumo.dkim.set_signing_threads` was called.
     pub pool: Arc<RwLock<Option<SigningPool>>>,
+    /// The server's resolvers, for `msg:dkim_verify`.
+    pub dns: Option<DnsHandle>,
 }
 
 impl DkimRegistrar {
@@ -73,7 +83,14 @@ impl DkimRegistrar {
         Self {
             cache,
             pool: Arc::default(),
+            dns: None,
         }
+    }
+
+    /// The same registrar, verifying with the resolvers of `dns`.
+    pub fn with_dns(mut self, dns: DnsHandle) -> Self {
+        self.dns = Some(dns);
+        self
     }
 
     /// Number of signing threads, or `None` when signing is inline.
@@ -149,6 +166,43 @@ impl DkimRegistrar {
     }
 }
 
+/// Seconds since the Unix epoch, for `x=` checks.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// Verification through the server's resolvers.
+struct Authenticator {
+    dns: Option<DnsHandle>,
+}
+
+impl Authenticator {
+    fn resolver(&self, name: Option<&str>) -> Result<Arc<tern_dns::Resolver>, String> {
+        let dns = self.dns.as_ref().ok_or_else(|| {
+            "no DNS resolver is available to this policy engine (DkimRegistrar::with_dns was not called)"
+                .to_string()
+        })?;
+        Ok(dns.select(name)?.resolver().clone())
+    }
+}
+
+impl MessageAuthenticator for Authenticator {
+    fn dkim_verify(
+        &self,
+        msg: &Message,
+        resolver: Option<&str>,
+    ) -> Result<AuthFuture<Vec<AuthenticationResult>>, String> {
+        let resolver = self.resolver(resolver)?;
+        // The bytes as they are now; later edits do not affect this call.
+        let data = msg.data();
+        Ok(Box::pin(async move {
+            Ok(crate::verify_dkim(&data, &resolver, unix_now()).await)
+        }))
+    }
+}
+
 fn sign_error(err: DkimError) -> mlua::Error {
     mlua::Error::runtime(format!("msg:dkim_sign: {err}"))
 }
@@ -199,6 +253,9 @@ impl LuaRegistrar for DkimRegistrar {
             })?,
         )?;
         lua.set_app_data(self.hook());
+        lua.set_app_data(AuthHook(Arc::new(Authenticator {
+            dns: self.dns.clone(),
+        })));
         Ok(())
     }
 }

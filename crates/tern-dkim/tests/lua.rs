@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use support::{KEYS, dkimpy};
 use tern_dkim::{DkimRegistrar, LuaSigner, Signer};
+use tern_dns::{DnsHandle, MxResolver, MxSettings, TestResolverParams};
 use tern_message::Message;
 use tern_policy::{EngineOptions, PolicyEngine, PolicyError};
 use tern_types::{EnvelopeAddress, SpoolId};
@@ -92,6 +93,24 @@ kumo.on('make_signer', function(msg)
   return signer
 end)
 
+kumo.on('verify', function(msg)
+  local results = msg:dkim_verify()
+  assert(#results == 1, 'one signature, one result')
+  local r = results[1]
+  assert(r.method == 'dkim' and r.props['header.d'] == 'example.com' and r.props['header.s'] == 'rsa')
+  msg:add_authentication_results('mx.example.net', results)
+  return r.result .. ' ' .. tostring(r.reason)
+end)
+
+kumo.on('verify_alt', function(msg)
+  local r = msg:dkim_verify('alt')[1]
+  return r.result .. ' ' .. tostring(r.reason)
+end)
+
+kumo.on('verify_unknown_resolver', function(msg)
+  msg:dkim_verify('nope')
+end)
+
 kumo.on('unknown_function', function(msg)
   kumo.dkim.arc_signer {}
 end)
@@ -119,7 +138,25 @@ fn setup() -> Setup {
         POLICY.replace("@DIR@", path.to_str().expect("utf-8 temp dir")),
     )
     .unwrap();
-    let registrar = DkimRegistrar::default();
+    // The key the policy signs with is published in the default resolver;
+    // the resolver defined as "alt" knows no keys.
+    let zone = format!(
+        "$ORIGIN example.com.\n{}",
+        support::txt_record(
+            "rsa._domainkey.example.com",
+            &format!(
+                "v=DKIM1; k=rsa; p={}",
+                support::read_key("rsa2048.p.txt").trim()
+            )
+        )
+    );
+    let test_resolver = |zones: &[String]| TestResolverParams::from_zones(zones).build().unwrap();
+    let dns = DnsHandle::new(MxResolver::new(
+        Arc::new(test_resolver(&[zone])),
+        MxSettings::default(),
+    ));
+    dns.define("alt", test_resolver(&[]));
+    let registrar = DkimRegistrar::default().with_dns(dns);
     let mut options = EngineOptions::new(policy);
     options.registrars.push(Arc::new(registrar.clone()));
     Setup {
@@ -300,4 +337,70 @@ async fn the_signer_cache_is_hit() {
     .unwrap();
     assert!(Arc::ptr_eq(&first, &second), "same config, same signer");
     assert_eq!(setup.registrar.cache.len(), 1);
+}
+
+/// Dispatch `event`; its string result comes back.
+async fn run_text(
+    engine: &PolicyEngine,
+    event: &str,
+    msg: &Message,
+) -> Result<String, PolicyError> {
+    let msg = msg.clone();
+    engine
+        .dispatch(
+            event,
+            move |lua: &Lua| (msg,).into_lua_multi(lua),
+            |_, values: MultiValue| match values.into_iter().next() {
+                Some(Value::String(text)) => Ok(text.to_str()?.to_string()),
+                other => Err(mlua::Error::runtime(format!("not a string: {other:?}"))),
+            },
+        )
+        .await
+        .map(Option::unwrap_or_default)
+}
+
+#[tokio::test]
+async fn dkim_verify_from_a_policy_uses_the_named_resolver() {
+    let setup = setup();
+    let msg = message();
+    // Unsigned: no results, so the policy's assertion trips.
+    let err = run_text(&setup.engine, "verify", &msg).await.unwrap_err();
+    assert!(
+        err.to_string().contains("one signature, one result"),
+        "{err}"
+    );
+
+    run(&setup.engine, "sign_rsa", &msg).await.unwrap();
+    let verdict = run_text(&setup.engine, "verify", &msg).await.unwrap();
+    assert_eq!(verdict, "pass nil");
+    let data = String::from_utf8(msg.data().to_vec()).unwrap();
+    assert!(
+        data.starts_with("Authentication-Results: mx.example.net;\r\n\tdkim=pass\r\n\theader.a=rsa-sha256\r\n\theader.b="),
+        "{data}"
+    );
+    assert!(data.contains("\theader.d=example.com\r\n\theader.i=@example.com\r\n\theader.s=rsa\r\nDKIM-Signature: "), "{data}");
+
+    // The added header is not signed, so the signature still verifies;
+    // the "alt" resolver has no key for it.
+    let verdict = run_text(&setup.engine, "verify_alt", &msg).await.unwrap();
+    assert!(
+        verdict.starts_with("permerror no key for signature"),
+        "{verdict}"
+    );
+    let err = run_text(&setup.engine, "verify_unknown_resolver", &msg)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("msg:dkim_verify: no resolver named 'nope'"),
+        "{err}"
+    );
+
+    // A changed body is reported, not raised.
+    let tampered = String::from_utf8(msg.data().to_vec())
+        .unwrap()
+        .replace("Numbers are up.", "Numbers are down.");
+    msg.set_data(tampered.into_bytes().into());
+    let verdict = run_text(&setup.engine, "verify_alt", &msg).await.unwrap();
+    assert_eq!(verdict, "fail body hash did not verify");
 }

@@ -74,3 +74,50 @@ pub fn dkimpy(messages: &[Vec<u8>]) -> Vec<Vec<(bool, String)>> {
         })
         .collect()
 }
+
+/// The seed of the Ed25519 test key (the last 32 bytes of its PKCS#8 DER).
+pub fn ed25519_seed() -> Vec<u8> {
+    let der = std::fs::read(format!("{KEYS}/ed25519.pkcs8.der")).unwrap();
+    der[der.len() - 32..].to_vec()
+}
+
+/// Run `tests/dkimpy_sign.py` over `jobs` (see that script for their
+/// shape); the signed messages come back in order.
+pub fn dkimpy_sign(jobs: &[Value]) -> Vec<Vec<u8>> {
+    let python = std::env::var("TERN_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let mut child = Command::new(&python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dkimpy_sign.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| {
+            panic!("cannot run {python} ({err}); install: pip install dkimpy pynacl dnspython")
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(json!({ "jobs": jobs }).to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "dkimpy signer failed ({}): {}\nInstall it with: pip install dkimpy pynacl dnspython",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let signed: Vec<String> = serde_json::from_slice(&output.stdout).unwrap();
+    signed.iter().map(|m| BASE64.decode(m).unwrap()).collect()
+}
+
+/// A zone-file TXT record for `name`, split into strings of at most 255
+/// characters as a real zone must.
+pub fn txt_record(name: &str, text: &str) -> String {
+    let strings: Vec<String> = text
+        .as_bytes()
+        .chunks(200)
+        .map(|chunk| format!("\"{}\"", std::str::from_utf8(chunk).unwrap()))
+        .collect();
+    format!("{name}. 60 TXT {}\n", strings.join(" "))
+}
