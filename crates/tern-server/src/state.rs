@@ -97,21 +97,6 @@ impl ServerState {
         }
         None
     }
-
-    /// The refusals the SMTP session renders from a fixed text (shutting
-    /// down, load shedding, waiting for spool startup), in the order of
-    /// [`ServerState::refusal`]. `None` when the reason is the disk or
-    /// spool health: the session's own storage check, which runs right
-    /// after this one, answers those with their own replies, so the
-    /// overall order stays that of §3.2.
-    pub fn ingress_refusal(&self) -> Option<&'static str> {
-        match self.refusal()? {
-            Refusal::ShuttingDown => Some("shutting down"),
-            Refusal::LoadShedding => Some("load shedding"),
-            Refusal::WaitingForSpool => Some("waiting for spool startup"),
-            Refusal::DiskTooFull | Refusal::SpoolUnhealthy(_) => None,
-        }
-    }
 }
 
 /// Why ingress is refused (see [`ServerState::refusal`]).
@@ -213,23 +198,18 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let state = state(&dir);
         assert_eq!(state.refusal(), Some(Refusal::WaitingForSpool));
-        assert_eq!(state.ingress_refusal(), Some("waiting for spool startup"));
 
         state.set_reception(full_meta(&dir));
         assert_eq!(state.refusal(), Some(Refusal::DiskTooFull));
-        // The SMTP session's own storage check answers this one.
-        assert_eq!(state.ingress_refusal(), None);
         assert_eq!(Refusal::DiskTooFull.ingress_text(), "disk is too full");
         assert_eq!(Refusal::DiskTooFull.liveness_text(), "storage is too full");
 
         state.memory.set_soft_limit(1);
         state.memory.sample();
         assert_eq!(state.refusal(), Some(Refusal::LoadShedding));
-        assert_eq!(state.ingress_refusal(), Some("load shedding"));
 
         state.request_shutdown();
         assert_eq!(state.refusal(), Some(Refusal::ShuttingDown));
-        assert_eq!(state.ingress_refusal(), Some("shutting down"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1630,13 +1630,13 @@ fn data_processing_timeout_answers_451_and_keeps_nothing() {
         r#"
 kumo.on('smtp_server_message_received', function(msg)
   if msg:get_first_named_header_value('Subject') == 'slow' then
-    kumo.sleep(3)
+    kumo.sleep(6)
   end
 end)
 {MAILDIR_QUEUE}
 "#
     );
-    let server = start(policy("data_processing_timeout = '1s',", &handlers));
+    let server = start(policy("data_processing_timeout = '3s',", &handlers));
     let mut c = Conn::greeted(server.listener("smtp"));
     let reply = c.transaction(
         "a@example.com",

@@ -15,7 +15,7 @@ use crate::conn_meta::ConnectionMeta;
 use crate::listener_domain::{ListenerDomain, ReportDisposition};
 use crate::queue::deferred_inject::DEFERRED_SMTP_INJECT_QUEUE;
 use crate::reception::{AcceptError, AcceptFailure, Arrival, ArrivalRecord};
-use crate::state::ServerState;
+use crate::state::{Refusal, ServerState};
 use bytes::{Bytes, BytesMut};
 use mlua::{FromLua, IntoLuaMulti, Lua, MultiValue, Value};
 use std::io;
@@ -259,15 +259,15 @@ impl Session {
     }
 
     async fn drive(&mut self) -> Step {
-        if let Some(reason) = self.state.ingress_refusal() {
-            let reply = match reason {
-                "waiting for spool startup" => Reply::waiting_for_spool(&self.hostname),
-                "load shedding" => Reply::load_shedding(&self.hostname),
-                _ => Reply::shutting_down(&self.hostname),
+        if let Some(refusal) = self.state.refusal() {
+            let host = &self.hostname;
+            let reply = match refusal {
+                Refusal::ShuttingDown => Reply::shutting_down(host),
+                Refusal::LoadShedding => Reply::load_shedding(host),
+                Refusal::DiskTooFull => Reply::disk_too_full(host),
+                Refusal::WaitingForSpool => Reply::waiting_for_spool(host),
+                Refusal::SpoolUnhealthy(reason) => Reply::spool_unhealthy(host, &reason),
             };
-            return self.final_reply(reply).await;
-        }
-        if let Some(reply) = self.storage_refusal() {
             return self.final_reply(reply).await;
         }
         self.rewrite_responses = self
@@ -305,10 +305,10 @@ impl Session {
         self.command_loop().await
     }
 
-    /// The spool-side reasons to refuse work (§3.2 step 2): free space
-    /// below `min_free_space`/`min_free_inodes` on either spool, or a
-    /// spool latched unhealthy. Checked at connect and again before every
-    /// message is spooled.
+    /// The spool-side reasons to refuse a message (§3.2 step 2): free
+    /// space below `min_free_space`/`min_free_inodes` on either spool, or
+    /// a spool latched unhealthy. Checked before every message is spooled
+    /// (the connection was checked by [`ServerState::refusal`]).
     fn storage_refusal(&self) -> Option<Reply> {
         let reception = self.state.reception()?;
         if reception.data.check_free_space().is_err() || reception.meta.check_free_space().is_err()
