@@ -181,6 +181,13 @@ pub(crate) fn options(params: &RocksParams) -> Options {
     opts
 }
 
+/// Whether a full compaction is worth its I/O: at least 64 MiB of SST
+/// files of which more than half is dead.
+fn worth_compacting(total_sst_bytes: u64, live_bytes: u64) -> bool {
+    const MIN_GARBAGE: u64 = 64 * 1024 * 1024;
+    total_sst_bytes >= MIN_GARBAGE && total_sst_bytes > live_bytes.saturating_mul(2)
+}
+
 impl Rocks {
     pub(crate) fn open(
         path: &Path,
@@ -320,7 +327,19 @@ impl Rocks {
         blocking(move || {
             db.flush()
                 .map_err(|err| storage_error("cannot flush the RocksDB spool", err))?;
-            db.compact_range::<&[u8], &[u8]>(None, None);
+            // A full compaction rewrites every live message, so it runs
+            // only when it pays: when most of what the SST files hold is
+            // dead (delivered messages and their tombstones). RocksDB's own
+            // background compaction handles the rest.
+            let property = |name: &str| db.property_int_value(name).ok().flatten().unwrap_or(0);
+            let total = property("rocksdb.total-sst-files-size");
+            let live = property("rocksdb.estimate-live-data-size");
+            if worth_compacting(total, live) {
+                tracing::info!(
+                    "compacting the RocksDB spool: {total} bytes of SST files, about {live} live"
+                );
+                db.compact_range::<&[u8], &[u8]>(None, None);
+            }
             Ok(())
         })
         .await
@@ -474,6 +493,18 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn full_compaction_only_when_most_of_the_files_are_dead() {
+        const MIB: u64 = 1024 * 1024;
+        // A small database is never worth it.
+        assert!(!worth_compacting(10 * MIB, 0));
+        // A large one that is mostly live data is left to RocksDB.
+        assert!(!worth_compacting(3000 * MIB, 2000 * MIB));
+        // A large one that is mostly dead is compacted.
+        assert!(worth_compacting(3000 * MIB, 1000 * MIB));
+        assert!(worth_compacting(100 * MIB, 0));
+    }
 
     #[test]
     fn commit_pacer_waits_only_under_a_steady_stream() {
