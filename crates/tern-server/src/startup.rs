@@ -248,9 +248,10 @@ fn registrars(
         Arc::new(tern_queue::lua::QueueLuaRegistrar),
         Arc::new(tern_message::mimepart_lua::register),
         Arc::new(tern_luahttp::HttpRegistrar::default()),
-        Arc::new(tern_dkim::DkimRegistrar::new(Arc::new(
-            tern_dkim::SignerCache::default(),
-        ))),
+        Arc::new(
+            tern_dkim::DkimRegistrar::new(Arc::new(tern_dkim::SignerCache::default()))
+                .with_dns(dns.clone()),
+        ),
     ];
     Ok((registrars, dns))
 }
