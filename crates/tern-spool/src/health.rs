@@ -29,6 +29,9 @@ struct State {
     last_error: Option<Instant>,
     latched_at: Option<Instant>,
     reason: String,
+    /// Latched for good: the database must not be written again in this
+    /// process (see [`HealthGate::poison`]).
+    poisoned: bool,
 }
 
 impl HealthGate {
@@ -55,6 +58,24 @@ impl HealthGate {
         }
     }
 
+    /// Latch for the rest of the process, whatever `allow_error_unlatch`
+    /// says. After a failed WAL write, Debian's RocksDB (built with
+    /// assertions) aborts the process on the next write, and its C API
+    /// has no `Resume`, so the only safe way back is a restart.
+    pub(crate) fn poison(&self, reason: String) {
+        let mut state = self.state.lock();
+        let now = Instant::now();
+        state.last_error = Some(now);
+        state.failing_since.get_or_insert(now);
+        state.latched_at.get_or_insert(now);
+        state.reason = format!("{reason} (restart after fixing the storage)");
+        state.poisoned = true;
+    }
+
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.state.lock().poisoned
+    }
+
     /// A successful write ends a run of non-fatal errors (but does not
     /// clear a latch: only time does).
     pub(crate) fn record_success(&self) {
@@ -77,6 +98,9 @@ impl HealthGate {
                 }
                 _ => return Ok(()),
             }
+        }
+        if state.poisoned {
+            return Err(state.reason.clone());
         }
         let latched_at = state.latched_at.unwrap_or(now);
         let quiet_since = state
@@ -126,6 +150,21 @@ mod tests {
 
         gate.record_error_at(t0 + Duration::from_secs(30), false, "busy again".into());
         assert!(gate.check_at(t0 + Duration::from_secs(46)).is_err());
+    }
+
+    #[test]
+    fn a_poisoned_gate_never_unlatches() {
+        let gate = gate(true);
+        gate.poison("IO error: No space left on device".into());
+        assert!(gate.is_poisoned());
+        let later = Instant::now() + Duration::from_secs(100_000);
+        let reason = gate.check_at(later).unwrap_err();
+        assert!(
+            reason.starts_with("IO error: No space left on device"),
+            "{reason}"
+        );
+        gate.record_success();
+        assert!(gate.check_at(later).is_err());
     }
 
     #[test]

@@ -324,6 +324,9 @@ impl Rocks {
     /// RocksDB's own size triggers fire.
     pub(crate) async fn cleanup(&self) -> Result<()> {
         let db = self.db.clone();
+        if self.gate.is_poisoned() {
+            return Ok(());
+        }
         blocking(move || {
             db.flush()
                 .map_err(|err| storage_error("cannot flush the RocksDB spool", err))?;
@@ -354,9 +357,14 @@ impl Rocks {
         }
         let handle = self.writer.lock().take();
         let db = self.db.clone();
+        let poisoned = self.gate.is_poisoned();
         blocking(move || {
             if let Some(handle) = handle {
                 let _ = handle.join();
+            }
+            if poisoned {
+                // Everything acknowledged was synced when it was written.
+                return Ok(());
             }
             db.flush_wal(true)
                 .map_err(|err| storage_error("cannot sync the RocksDB WAL", err))
@@ -462,6 +470,17 @@ impl Writer {
         let sync = self.flush && *stores > 0;
         let mut write_options = WriteOptions::default();
         write_options.set_sync(sync);
+        if self.gate.is_poisoned() {
+            // Never touch the database after a fatal write error (see
+            // `HealthGate::poison`); fail the requests instead.
+            batch.clear();
+            let reason = self.gate.check().err().unwrap_or_default();
+            for done in waiters.drain(..) {
+                let _ = done.send(Err(SpoolError::Unhealthy(reason.clone())));
+            }
+            *stores = 0;
+            return;
+        }
         let outcome = self.db.write_opt(std::mem::take(batch), &write_options);
         match outcome {
             Ok(()) => {
@@ -478,8 +497,15 @@ impl Writer {
                 }
             }
             Err(err) => {
-                self.gate
-                    .record_error(is_fatal(&err), format!("RocksDB spool write failed: {err}"));
+                let reason = format!("RocksDB spool write failed: {err}");
+                if is_fatal(&err) {
+                    tracing::error!(
+                        "{reason}; the spool takes no more writes until Tern is restarted"
+                    );
+                    self.gate.poison(reason);
+                } else {
+                    self.gate.record_error(false, reason);
+                }
                 let err = storage_error("RocksDB spool write failed", err);
                 for done in waiters.drain(..) {
                     let _ = done.send(Err(err.duplicate()));
