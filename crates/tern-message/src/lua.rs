@@ -19,7 +19,8 @@
 //! stores in the Lua state's app data. Without a hook each method raises
 //! `msg:<name> is not supported by Tern yet`.
 //! `msg:add_authentication_results` needs neither and is implemented here
-//! (see [`crate::auth`]).
+//! (see [`crate::auth`]). `msg:save()` calls the [`SaveHook`] the server
+//! installs, since only the server holds the spools.
 
 use crate::address::{AddressHeader, Mailbox};
 use crate::auth::AuthenticationResult;
@@ -37,11 +38,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tern_types::EnvelopeAddress;
 
-/// Methods of KumoMTA's message object that Tern does not provide (yet).
-/// `dkim_sign` is absent: it is served through [`DkimSignHook`].
-/// The authentication methods (`dkim_verify`, `arc_verify`, `arc_seal`)
-/// are absent too: they are served through [`AuthHook`].
-pub const UNSUPPORTED_METHODS: &[&str] = &["save"];
+/// What a [`SaveHook`] returns: completes once the message's data and
+/// metadata are durable in the spools.
+pub type SaveFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>>;
+
+/// `msg:save()`: write the message to the spools. Installed with
+/// `lua.set_app_data(SaveHook(...))` by the server, which owns the spools;
+/// without it (a tool script, a state made before the spools open) the
+/// method raises an error saying so.
+#[derive(Clone)]
+pub struct SaveHook(pub Arc<dyn Fn(&Message) -> SaveFuture + Send + Sync>);
 
 /// What a [`DkimSignHook`] returns: a future that completes once the
 /// `DKIM-Signature` header has been prepended to the message. A hook that
@@ -614,6 +620,23 @@ impl UserData for Message {
             async move { started?.await }
         });
 
+        methods.add_async_method("save", |lua, this, ()| {
+            let msg = Message::clone(&this);
+            drop(this);
+            let hook = lua.app_data_ref::<SaveHook>().map(|hook| hook.0.clone());
+            let started = hook.map(|hook| hook(&msg));
+            async move {
+                match started {
+                    Some(saving) => saving
+                        .await
+                        .map_err(|err| runtime_error(format!("msg:save: {err}"))),
+                    None => Err(runtime_error(
+                        "msg:save: no spool is open in this Lua state",
+                    )),
+                }
+            }
+        });
+
         methods.add_async_method("dkim_verify", |lua, this, resolver: Option<String>| {
             let msg = Message::clone(&this);
             drop(this);
@@ -673,13 +696,6 @@ impl UserData for Message {
                     .map_err(|err| runtime_error(format!("msg:add_authentication_results: {err}")))
             },
         );
-
-        for name in UNSUPPORTED_METHODS {
-            let message = format!("msg:{name} is not supported by Tern yet");
-            methods.add_method(*name, move |_, _, _: mlua::MultiValue| -> LuaResult<()> {
-                Err(runtime_error(message.clone()))
-            });
-        }
     }
 }
 
@@ -995,7 +1011,7 @@ mod tests {
     }
 
     /// Every message method of the spec (§5.1) exists: it either works
-    /// (exercised by the tests above) or raises "not supported by Tern yet".
+    /// (exercised by the tests above).
     #[test]
     fn every_documented_method_exists() {
         let (lua, _msg) = setup();
@@ -1023,19 +1039,32 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_methods_fail_clearly() {
-        let (lua, _msg) = setup();
-        for name in UNSUPPORTED_METHODS {
-            let err = lua
-                .load(format!("msg:{name}()"))
-                .exec()
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains(&format!("msg:{name} is not supported by Tern yet")),
-                "{err}"
-            );
-        }
+    fn save_goes_through_the_installed_hook() {
+        let (lua, msg) = setup();
+        let err = lua.load("msg:save()").exec().unwrap_err().to_string();
+        assert!(err.contains("msg:save: no spool is open"), "{err}");
+
+        let saved = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = saved.clone();
+        lua.set_app_data(SaveHook(Arc::new(move |m: &Message| {
+            record.lock().unwrap().push(m.id().to_string());
+            let fail = m.get_meta_str("x_fail").is_some();
+            Box::pin(async move {
+                if fail {
+                    Err("disk on fire".to_string())
+                } else {
+                    Ok(())
+                }
+            })
+        })));
+        lua.load("msg:save()").exec().unwrap();
+        assert_eq!(*saved.lock().unwrap(), [msg.id().to_string()]);
+        let err = lua
+            .load("msg:set_meta('x_fail', 'yes') msg:save()")
+            .exec()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("msg:save: disk on fire"), "{err}");
     }
 
     #[test]

@@ -207,6 +207,22 @@ impl Reception {
         Ok(())
     }
 
+    /// `msg:save()`: store both halves of `msg` (again): a message the
+    /// policy changed, or one a `deferred_spool` listener has not written.
+    /// A failure leaves whatever copy was stored before.
+    pub async fn save(&self, msg: &Message) -> Result<(), String> {
+        let id = msg.id();
+        let data = self.data.store(id, msg.data());
+        let meta = self
+            .meta
+            .store(id, bytes::Bytes::from(msg.meta_spool_bytes()));
+        let (d, m) = tokio::join!(data, meta);
+        d.map_err(|e| e.to_string())?;
+        m.map_err(|e| e.to_string())?;
+        msg.mark_clean();
+        Ok(())
+    }
+
     /// A record that is not about a stored message (e.g. a Rejection).
     pub async fn log(&self, record: LogRecord) {
         for logger in self.loggers.iter() {
@@ -406,4 +422,28 @@ fn oob_response(rcpt: &tern_message::report::PerRecipient) -> Response {
         return Response::new(parsed.code, enhanced, parsed.content);
     }
     Response::new(550, enhanced, text)
+}
+
+/// Installs `msg:save()` in every Lua state: it writes through the
+/// [`Reception`] once the spools are open (the slot is filled at startup,
+/// after the states that ran `init` were made).
+pub struct SaveRegistrar(pub Arc<OnceLock<Arc<Reception>>>);
+
+impl tern_policy::LuaRegistrar for SaveRegistrar {
+    fn register(&self, lua: &mlua::Lua, _kumo: &mlua::Table) -> mlua::Result<()> {
+        let slot = self.0.clone();
+        lua.set_app_data(tern_message::lua::SaveHook(Arc::new(
+            move |msg: &Message| {
+                let reception = slot.get().cloned();
+                let msg = msg.clone();
+                Box::pin(async move {
+                    match reception {
+                        Some(reception) => reception.save(&msg).await,
+                        None => Err("the spools are not open yet".to_string()),
+                    }
+                })
+            },
+        )));
+        Ok(())
+    }
 }

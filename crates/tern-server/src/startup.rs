@@ -31,7 +31,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     engine_options.validating = options.validate;
     // §1.2 step 1: memory limits first, so the policy can override them.
     let memory = Arc::new(crate::memory::MemoryGovernor::discover());
-    let (registrars, dns) = registrars(&recorder, &memory)?;
+    let spools_for_save = Arc::new(std::sync::OnceLock::new());
+    let (registrars, dns) = registrars(&recorder, &memory, &spools_for_save)?;
     for registrar in registrars {
         engine_options.registrars.push(registrar);
     }
@@ -124,6 +125,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     let mut reception = open_spools_and_logs(&config.spools, config.log_configs, node_id).await?;
     reception.hooks = hook_slots;
     let reception = Arc::new(reception);
+    let _ = spools_for_save.set(reception.clone());
     let _ = reception
         .filter
         .set(Arc::new(crate::log_hooks::PolicyFilter(engine.clone())));
@@ -225,6 +227,7 @@ const SHUTDOWN_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 fn registrars(
     recorder: &InitRecorder,
     memory: &Arc<crate::memory::MemoryGovernor>,
+    spools_for_save: &Arc<std::sync::OnceLock<Arc<crate::reception::Reception>>>,
 ) -> anyhow::Result<(Vec<Arc<dyn LuaRegistrar>>, tern_dns::DnsHandle)> {
     let dns = match tern_dns::DnsHandle::system() {
         Ok(handle) => handle,
@@ -248,6 +251,7 @@ fn registrars(
         Arc::new(tern_queue::lua::QueueLuaRegistrar),
         Arc::new(tern_message::mimepart_lua::register),
         Arc::new(tern_luahttp::HttpRegistrar::default()),
+        Arc::new(crate::reception::SaveRegistrar(spools_for_save.clone())),
         Arc::new(
             tern_dkim::DkimRegistrar::new(Arc::new(tern_dkim::SignerCache::default()))
                 .with_dns(dns.clone()),
