@@ -5,8 +5,8 @@
 //! durable and prunes the `aa/bb/cc/dd` directories they left empty (a
 //! spool that once held millions of messages would otherwise keep
 //! thousands of empty directories that every enumeration walks); for a
-//! RocksDB spool it flushes the memtables and compacts away the
-//! tombstones of delivered messages. The task is its own tokio task, the
+//! RocksDB spool it flushes the memtables and, when most of the files are
+//! dead, compacts away the tombstones of delivered messages. The task is its own tokio task, the
 //! work runs on blocking threads, and a failure is logged and retried at
 //! the next run: maintenance must never take the server down.
 
