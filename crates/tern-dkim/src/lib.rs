@@ -12,7 +12,13 @@
 //! Canonicalization and header assembly are implemented here (module
 //! `canon`, sans-IO); the cryptography is `ring`. Every signature form is
 //! checked against Python's `dkimpy` in `tests/dkimpy.rs`.
+//!
+//! Verification (`msg:dkim_verify`, module `verify`) and ARC (RFC 8617,
+//! `msg:arc_verify` and `msg:arc_seal`, module `arc`) reuse the same
+//! canonicalization and key handling; ARC is cross-checked against
+//! dkimpy's `arc_sign` / `arc_verify` in `tests/arc.rs`.
 
+mod arc;
 mod cache;
 mod canon;
 mod config;
@@ -22,6 +28,7 @@ mod pool;
 mod signer;
 mod verify;
 
+pub use arc::{ChainStatus, MAX_ARC_INSTANCE, seal_arc, verify_arc};
 pub use cache::{DEFAULT_CAPACITY, SignerCache};
 pub use config::{Algorithm, Canonicalization, SignerConfig};
 pub use lua::{DkimRegistrar, LuaSigner};

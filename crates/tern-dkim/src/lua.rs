@@ -19,7 +19,10 @@
 //!   zones configured in `init` apply, and returns a future that looks the
 //!   keys up without blocking a runtime thread. A registrar built without a
 //!   DNS handle ([`DkimRegistrar::with_dns`] not called) makes the method
-//!   raise an error that says so.
+//!   raise an error that says so. The same hook serves `msg:arc_verify`
+//!   and `msg:arc_seal(signer, serv_id, results[, resolver])`, which
+//!   verifies the chain and prepends the new ARC set unless the chain
+//!   failed.
 //!
 //! Signing reads the message bytes once, computes the header, and stores
 //! `header + those bytes` as the new message data, so the signature is the
@@ -199,6 +202,52 @@ impl MessageAuthenticator for Authenticator {
         let data = msg.data();
         Ok(Box::pin(async move {
             Ok(crate::verify_dkim(&data, &resolver, unix_now()).await)
+        }))
+    }
+
+    fn arc_verify(
+        &self,
+        msg: &Message,
+        resolver: Option<&str>,
+    ) -> Result<AuthFuture<AuthenticationResult>, String> {
+        let resolver = self.resolver(resolver)?;
+        let data = msg.data();
+        Ok(Box::pin(async move {
+            Ok(crate::verify_arc(&data, &resolver).await)
+        }))
+    }
+
+    fn arc_seal(
+        &self,
+        signer: &AnyUserData,
+        msg: &Message,
+        serv_id: &str,
+        results: Vec<AuthenticationResult>,
+        resolver: Option<&str>,
+    ) -> Result<AuthFuture<()>, String> {
+        let signer = signer
+            .borrow::<LuaSigner>()
+            .map_err(|_| {
+                "expects a signer made by kumo.dkim.rsa_sha256_signer or kumo.dkim.ed25519_signer"
+                    .to_string()
+            })?
+            .0
+            .clone();
+        let resolver = self.resolver(resolver)?;
+        // The message as it is now: the set is computed over these bytes
+        // and prepended to exactly them.
+        let data = msg.data();
+        let msg = msg.clone();
+        let serv_id = serv_id.to_string();
+        Ok(Box::pin(async move {
+            let set = crate::seal_arc(&data, &signer, &serv_id, &results, &resolver, unix_now())
+                .await
+                .map_err(|err| err.to_string())?;
+            // A failed chain gets no new set (as KumoMTA): nothing to add.
+            if let Some(set) = set {
+                prepend(&msg, &set, &data);
+            }
+            Ok(())
         }))
     }
 }

@@ -172,6 +172,116 @@ impl Signer {
 
     /// [`Signer::sign`] with an explicit signing time (`t=`, Unix seconds).
     pub fn sign_at(&self, message: &[u8], unix_time: u64) -> Result<String, DkimError> {
+        self.sign_fields(
+            message,
+            "DKIM-Signature",
+            &self.leading_tags,
+            true,
+            unix_time,
+        )
+    }
+
+    /// An `ARC-Message-Signature` for instance `instance` (RFC 8617 §4.1.2):
+    /// the DKIM signature's tags and header selection under another name,
+    /// with `i=` carrying the instance. The DKIM-only tags (`v=`, the AUID
+    /// `i=`, `x=`, `l=`, `r=`, `atps=`) are left out: ARC has no `v=` and
+    /// gives `i=` another meaning, and the others are not part of ARC.
+    pub(crate) fn sign_arc_message(
+        &self,
+        message: &[u8],
+        instance: u32,
+        unix_time: u64,
+    ) -> Result<String, DkimError> {
+        if self
+            .headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("ARC-Seal"))
+        {
+            return Err(DkimError::Config(
+                "an ARC-Message-Signature must not sign ARC-Seal (RFC 8617 §4.1.2); remove it from headers"
+                    .to_string(),
+            ));
+        }
+        let leading = [
+            format!("i={instance}"),
+            format!("a={}", self.algorithm.tag_value()),
+            format!(
+                "c={}/{}",
+                self.header_canonicalization.tag_value(),
+                self.body_canonicalization.tag_value()
+            ),
+            format!("d={}", self.domain),
+            format!("s={}", self.selector),
+        ];
+        self.sign_fields(message, "ARC-Message-Signature", &leading, false, unix_time)
+    }
+
+    /// An `ARC-Seal` (RFC 8617 §4.1.3) over `sealed`: the ARC header fields
+    /// of every set so far, oldest instance first, each as written in the
+    /// message (AAR, AMS, AS per set), ending with the new AAR and AMS.
+    /// Always relaxed header canonicalization, as the RFC requires.
+    pub(crate) fn sign_arc_seal(
+        &self,
+        sealed: &[&[u8]],
+        instance: u32,
+        chain_validation: &str,
+        unix_time: u64,
+    ) -> Result<String, DkimError> {
+        let mut input = Vec::with_capacity(4096);
+        for field in sealed {
+            canon::canonicalize_header(&mut input, field, Canonicalization::Relaxed);
+            input.extend_from_slice(b"\r\n");
+        }
+        let mut header = FoldedHeader::new("ARC-Seal");
+        header.tag(&format!("i={instance}"));
+        header.tag(&format!("a={}", self.algorithm.tag_value()));
+        header.tag(&format!("cv={chain_validation}"));
+        header.tag(&format!("d={}", self.domain));
+        header.tag(&format!("s={}", self.selector));
+        header.tag(&format!("t={unix_time}"));
+        header.tag("b=");
+        canon::canonicalize_header(
+            &mut input,
+            header.text.as_bytes(),
+            Canonicalization::Relaxed,
+        );
+        header.wrap(&BASE64.encode(self.sign_input(&input)?));
+        header.text.push_str("\r\n");
+        Ok(header.text)
+    }
+
+    /// The signature of `input` with this signer's key.
+    fn sign_input(&self, input: &[u8]) -> Result<Vec<u8>, DkimError> {
+        Ok(match &self.key {
+            SigningKey::Rsa(key) => {
+                let mut signature = vec![0; key.public().modulus_len()];
+                key.sign(
+                    &signature::RSA_PKCS1_SHA256,
+                    &self.rng,
+                    input,
+                    &mut signature,
+                )
+                .map_err(|_| DkimError::Sign("RSA signing failed".to_string()))?;
+                signature
+            }
+            // RFC 8463: Ed25519 signs the SHA-256 digest of the input.
+            SigningKey::Ed25519(key) => key
+                .sign(digest::digest(&digest::SHA256, input).as_ref())
+                .as_ref()
+                .to_vec(),
+        })
+    }
+
+    /// A DKIM-style signature field named `name`, starting with `leading`
+    /// tags; `dkim_tags` adds `x=`, `l=` and the trailing DKIM-only tags.
+    fn sign_fields(
+        &self,
+        message: &[u8],
+        name: &str,
+        leading: &[String],
+        dkim_tags: bool,
+        unix_time: u64,
+    ) -> Result<String, DkimError> {
         let (fields, body) = canon::split_message(message);
         let body_hash = canon::hash_body(body, self.body_canonicalization);
 
@@ -202,22 +312,24 @@ impl Signer {
             }
         }
 
-        let mut header = FoldedHeader::new();
-        for tag in &self.leading_tags {
+        let mut header = FoldedHeader::new(name);
+        for tag in leading {
             header.tag(tag);
         }
         header.tag(&format!("t={unix_time}"));
-        if let Some(expiration) = self.expiration {
-            header.tag(&format!(
-                "x={}",
-                unix_time.saturating_add(expiration.as_secs())
-            ));
-        }
-        if self.body_length {
-            header.tag(&format!("l={}", body_hash.length));
-        }
-        for tag in &self.trailing_tags {
-            header.tag(tag);
+        if dkim_tags {
+            if let Some(expiration) = self.expiration {
+                header.tag(&format!(
+                    "x={}",
+                    unix_time.saturating_add(expiration.as_secs())
+                ));
+            }
+            if self.body_length {
+                header.tag(&format!("l={}", body_hash.length));
+            }
+            for tag in &self.trailing_tags {
+                header.tag(tag);
+            }
         }
         header.tag_list("h=", &h_names);
         header.tag(&format!("bh={}", BASE64.encode(body_hash.digest.as_ref())));
@@ -228,32 +340,13 @@ impl Signer {
             header.text.as_bytes(),
             self.header_canonicalization,
         );
-
-        let signature = match &self.key {
-            SigningKey::Rsa(key) => {
-                let mut signature = vec![0; key.public().modulus_len()];
-                key.sign(
-                    &signature::RSA_PKCS1_SHA256,
-                    &self.rng,
-                    &input,
-                    &mut signature,
-                )
-                .map_err(|_| DkimError::Sign("RSA signing failed".to_string()))?;
-                signature
-            }
-            // RFC 8463: Ed25519 signs the SHA-256 digest of the input.
-            SigningKey::Ed25519(key) => key
-                .sign(digest::digest(&digest::SHA256, &input).as_ref())
-                .as_ref()
-                .to_vec(),
-        };
-        header.wrap(&BASE64.encode(signature));
+        header.wrap(&BASE64.encode(self.sign_input(&input)?));
         header.text.push_str("\r\n");
         Ok(header.text)
     }
 }
 
-/// Builds `DKIM-Signature: tag; tag; ...`, folding before a tag that would
+/// Builds `<name>: tag; tag; ...` (`DKIM-Signature`, `ARC-Seal`, ...), folding before a tag that would
 /// overflow the line.
 struct FoldedHeader {
     text: String,
@@ -262,9 +355,10 @@ struct FoldedHeader {
 }
 
 impl FoldedHeader {
-    fn new() -> Self {
+    fn new(name: &str) -> Self {
         let mut text = String::with_capacity(640);
-        text.push_str("DKIM-Signature: ");
+        text.push_str(name);
+        text.push_str(": ");
         Self {
             line_len: text.len(),
             text,

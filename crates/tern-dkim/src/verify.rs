@@ -112,15 +112,15 @@ pub(crate) fn parse_tag_list(text: &str) -> Result<Vec<(String, String)>, String
     Ok(tags)
 }
 
-fn is_fws(c: char) -> bool {
+pub(crate) fn is_fws(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\r' | '\n')
 }
 
-fn without_fws(value: &str) -> String {
+pub(crate) fn without_fws(value: &str) -> String {
     value.chars().filter(|c| !is_fws(*c)).collect()
 }
 
-fn tag<'a>(tags: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn tag<'a>(tags: &'a [(String, String)], name: &str) -> Option<&'a str> {
     tags.iter()
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_str())
@@ -143,7 +143,7 @@ pub(crate) struct Signature {
     pub length: Option<u64>,
 }
 
-fn decode_base64(what: &str, value: &str) -> Result<Vec<u8>, Failure> {
+pub(crate) fn decode_base64(what: &str, value: &str) -> Result<Vec<u8>, Failure> {
     BASE64.decode(without_fws(value)).map_err(|err| {
         permerror(format!(
             "signature syntax error: {what} is not base64: {err}"
@@ -180,7 +180,7 @@ pub(crate) fn parse_algorithm(value: &str) -> Result<Algorithm, Failure> {
 
 /// Domain names as used in `d=` and `s=`: labels of letters, digits,
 /// hyphens and underscores (selectors may be dotted).
-fn check_dns_label_text(what: &str, value: &str) -> Result<(), Failure> {
+pub(crate) fn check_dns_label_text(what: &str, value: &str) -> Result<(), Failure> {
     let ok = !value.is_empty()
         && value.split('.').all(|label| {
             !label.is_empty()

@@ -6,10 +6,12 @@ Input on stdin, JSON: {"jobs": [{"message": "<base64>", "selector": str,
 32-byte seed for Ed25519>", "algorithm": "rsa-sha256" | "ed25519-sha256" |
 "rsa-sha1", "canonicalize": ["relaxed", "simple"], "include_headers": [..]
 or null, "length": bool, "identity": str or null, "arc": null or
-{"srv_id": str}}]}.
+{"srv_id": str, "timestamp": int or null}}]}.
 Output on stdout, JSON: a list with the signed message of each job, base64.
 For "arc" jobs, dkimpy's arc_sign adds an ARC set instead of a DKIM
-signature (relaxed/relaxed, as ARC requires).
+signature (relaxed/relaxed, as ARC requires). dkimpy seals only when the
+message has an Authentication-Results header for srv_id (its arc= result
+becomes cv=), and needs the authres module for that.
 """
 import base64
 import json
@@ -18,8 +20,9 @@ import sys
 try:
     import dkim
     import nacl  # noqa: F401  (dkimpy needs it for ed25519-sha256)
+    import authres  # noqa: F401  (dkimpy's arc_sign needs it)
 except ImportError as err:
-    print(f"missing Python module: {err}; run: pip install dkimpy pynacl dnspython", file=sys.stderr)
+    print(f"missing Python module: {err}; run: pip install dkimpy pynacl dnspython authres", file=sys.stderr)
     sys.exit(3)
 
 request = json.load(sys.stdin)
@@ -39,7 +42,9 @@ for job in request["jobs"]:
             job["domain"].encode(),
             key,
             job["arc"]["srv_id"].encode(),
+            signature_algorithm=job["algorithm"].encode(),
             include_headers=include,
+            timestamp=job["arc"].get("timestamp"),
         )
         signed = b"".join(headers) + message
     else:

@@ -3,7 +3,7 @@
 //! `dkimpy` hands signed messages to Python's `dkimpy` (through
 //! `tests/dkimpy_verify.py`) with the test keys' DNS records, which were
 //! produced by `openssl` when the keys were generated, not by this crate.
-//! Missing Python modules fail loudly: `pip install dkimpy pynacl dnspython`.
+//! Missing Python modules fail loudly: `pip install dkimpy pynacl dnspython authres` (`authres` for dkimpy's ARC sealing).
 
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -120,4 +120,52 @@ pub fn txt_record(name: &str, text: &str) -> String {
         .map(|chunk| format!("\"{}\"", std::str::from_utf8(chunk).unwrap()))
         .collect();
     format!("{name}. 60 TXT {}\n", strings.join(" "))
+}
+
+/// Run dkimpy's `arc_verify` (through `tests/dkimpy_arc_verify.py`) over
+/// `messages`: each chain's `cv` (`None` when dkimpy reports the chain as
+/// ended by an earlier `cv=fail`) and dkimpy's reason.
+pub fn dkimpy_arc_verify(messages: &[Vec<u8>]) -> Vec<(Option<String>, String)> {
+    let python = std::env::var("TERN_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let request = json!({
+        "records": records(),
+        "messages": messages.iter().map(|m| BASE64.encode(m)).collect::<Vec<_>>(),
+    });
+    let mut child = Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/dkimpy_arc_verify.py"
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| {
+            panic!(
+                "cannot run {python} ({err}); install: pip install dkimpy pynacl dnspython authres"
+            )
+        });
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "dkimpy arc_verify failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    results
+        .into_iter()
+        .map(|v| {
+            (
+                v["cv"].as_str().map(str::to_string),
+                v["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
 }
