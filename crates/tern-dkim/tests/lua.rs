@@ -1,4 +1,5 @@
-//! `kumo.dkim.*` and `msg:dkim_sign` seen from a real policy file run by the
+//! `kumo.dkim.*`, `msg:dkim_sign`, `msg:dkim_verify` and ARC (`msg:arc_verify`,
+//! `msg:arc_seal`) seen from a real policy file run by the
 //! policy engine. Every signed message is verified by Python's dkimpy
 //! (`pip install dkimpy pynacl dnspython`), through the helper shared with
 //! `tests/dkimpy.rs`.
@@ -8,7 +9,7 @@ mod support;
 use mlua::{IntoLuaMulti, Lua, MultiValue, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use support::{KEYS, dkimpy};
+use support::{KEYS, dkimpy, dkimpy_arc_verify};
 use tern_dkim::{DkimRegistrar, LuaSigner, Signer};
 use tern_dns::{DnsHandle, MxResolver, MxSettings, TestResolverParams};
 use tern_message::Message;
@@ -109,6 +110,39 @@ end)
 
 kumo.on('verify_unknown_resolver', function(msg)
   msg:dkim_verify('nope')
+end)
+
+-- One ARC hop, as in KumoMTA's arc_seal example: verify, record the
+-- results, then seal with them.
+kumo.on('arc_hop', function(msg)
+  local results = msg:dkim_verify()
+  local arc = msg:arc_verify()
+  assert(arc.method == 'arc')
+  table.insert(results, arc)
+  msg:add_authentication_results('mx.example.net', results)
+  local signer = kumo.dkim.rsa_sha256_signer {
+    domain = 'example.com', selector = 'rsa', headers = { 'From', 'To', 'Subject' },
+    key = '@DIR@/key.pem',
+  }
+  msg:arc_seal(signer, 'mx.example.net', results)
+  return arc.result .. ' ' .. tostring(arc.reason) .. ' ' .. tostring(arc.props['header.oldest-pass'])
+end)
+
+kumo.on('arc_verify', function(msg)
+  local arc = msg:arc_verify()
+  return arc.result .. ' ' .. tostring(arc.reason)
+end)
+
+kumo.on('arc_seal_alt', function(msg)
+  local signer = kumo.dkim.rsa_sha256_signer {
+    domain = 'example.com', selector = 'rsa', headers = { 'From' }, key = '@DIR@/key.pem',
+  }
+  msg:arc_seal(signer, 'mx.example.net', {}, 'alt')
+  return msg:arc_verify('alt').result
+end)
+
+kumo.on('arc_seal_bad_signer', function(msg)
+  msg:arc_seal('rsa', 'mx.example.net', {})
 end)
 
 kumo.on('unknown_function', function(msg)
@@ -403,4 +437,68 @@ async fn dkim_verify_from_a_policy_uses_the_named_resolver() {
     msg.set_data(tampered.into_bytes().into());
     let verdict = run_text(&setup.engine, "verify_alt", &msg).await.unwrap();
     assert_eq!(verdict, "fail body hash did not verify");
+}
+
+fn count(msg: &Message, needle: &str) -> usize {
+    String::from_utf8_lossy(&msg.data()).matches(needle).count()
+}
+
+#[tokio::test]
+async fn arc_verify_and_seal_from_a_policy() {
+    let setup = setup();
+    let msg = message();
+    // First hop: no chain yet, so cv=none.
+    let verdict = run_text(&setup.engine, "arc_hop", &msg).await.unwrap();
+    assert_eq!(verdict, "none nil nil");
+    let data = String::from_utf8(msg.data().to_vec()).unwrap();
+    assert!(
+        data.starts_with("ARC-Seal: i=1; a=rsa-sha256; cv=none;"),
+        "{data}"
+    );
+    assert!(
+        data.contains("ARC-Authentication-Results: i=1; mx.example.net;\r\n\tarc=none\r\n"),
+        "{data}"
+    );
+    // Second hop: the first set verifies, the new one says cv=pass.
+    let verdict = run_text(&setup.engine, "arc_hop", &msg).await.unwrap();
+    assert_eq!(verdict, "pass nil 0");
+    assert!(
+        msg.data()
+            .starts_with(b"ARC-Seal: i=2; a=rsa-sha256; cv=pass;")
+    );
+    assert_eq!(
+        run_text(&setup.engine, "arc_verify", &msg).await.unwrap(),
+        "pass nil"
+    );
+    let dkimpy = dkimpy_arc_verify(&[msg.data().to_vec()]);
+    assert_eq!(dkimpy[0].0.as_deref(), Some("pass"), "{}", dkimpy[0].1);
+
+    // A resolver without the key: the chain fails there, so nothing is
+    // added and the result says why.
+    let before = count(&msg, "ARC-Seal:");
+    assert_eq!(
+        run_text(&setup.engine, "arc_seal_alt", &msg).await.unwrap(),
+        "fail"
+    );
+    assert_eq!(count(&msg, "ARC-Seal:"), before);
+
+    // A changed body breaks the chain: reported, and sealing adds nothing.
+    let tampered = String::from_utf8(msg.data().to_vec())
+        .unwrap()
+        .replace("Numbers are up.", "Numbers are down.");
+    msg.set_data(tampered.into_bytes().into());
+    let verdict = run_text(&setup.engine, "arc_verify", &msg).await.unwrap();
+    assert_eq!(
+        verdict,
+        "fail The ARC-Message-Signature for instance 2 failed to validate: body hash did not verify"
+    );
+    let verdict = run_text(&setup.engine, "arc_hop", &msg).await.unwrap();
+    assert!(verdict.starts_with("fail "), "{verdict}");
+    assert_eq!(count(&msg, "ARC-Seal:"), before);
+
+    let err = run_text(&setup.engine, "arc_seal_bad_signer", &msg)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("msg:arc_seal expects a signer"), "{err}");
 }
