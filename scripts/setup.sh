@@ -19,6 +19,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
-if ! python3 -c 'import dkim, nacl, dns, aiosmtpd' >/dev/null 2>&1; then
-  python3 -m pip install --quiet dkimpy pynacl dnspython aiosmtpd
+# authres: dkimpy's ARC signing needs it (crates/tern-dkim/tests/arc.rs).
+if ! python3 -c 'import dkim, nacl, dns, aiosmtpd, authres' >/dev/null 2>&1; then
+  python3 -m pip install --quiet dkimpy pynacl dnspython aiosmtpd authres
 fi
