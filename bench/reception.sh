@@ -46,15 +46,15 @@ print(f'{summary["messages_per_sec"]:.0f}')
 PY
 }
 
-declare -A RATE
+declare -A RATE RUNS_OF RESOURCES
 
-run_tern_case() {
-  local label="$1" kind="$2" queue="$3"
-  local rates=() run
-  for run in $(seq 1 "$RUNS"); do
-    local dir="$WORK/tern-$kind-$queue-$run"
-    mkdir -p "$dir"
-    cat > "$dir/init.lua" <<LUA
+# One run of one Tern case; appends the rate to RUNS_OF[label] and, on the
+# last round, records CPU and peak RSS in RESOURCES[label].
+run_tern_once() {
+  local label="$1" kind="$2" queue="$3" run="$4"
+  local dir="$WORK/tern-$kind-$queue-$run"
+  mkdir -p "$dir"
+  cat > "$dir/init.lua" <<LUA
 local kumo = require 'kumo'
 kumo.on('init', function()
   -- A shared build machine often has less than the default 10% free;
@@ -67,17 +67,17 @@ kumo.on('smtp_server_message_received', function(msg)
   if '$queue' ~= '' then msg:set_meta('queue', '$queue') end
 end)
 LUA
-    : > "$dir/out.log"
-    KUMO_NODE_ID_PATH="$dir/.nodeid" NO_COLOR=1 "$TERN" serve --policy "$dir/init.lua" --user "$(id -un)" \
-      > "$dir/out.log" 2>&1 &
-    local pid=$!
-    for _ in $(seq 1 200); do grep -q "initialization complete" "$dir/out.log" && break; sleep 0.05; done
-    local port
-    port=$(grep -o "smtp listener on [0-9.:]*" "$dir/out.log" | sed 's/.*://')
-    rates+=("$(send_once "$port" "$dir/send.json")")
-    # CPU and peak RSS of the last run are printed (they vary little).
-    if [ "$run" = "$RUNS" ]; then
-      python3 - "$pid" "$MESSAGES" > "$dir/resources" <<'PY'
+  : > "$dir/out.log"
+  KUMO_NODE_ID_PATH="$dir/.nodeid" NO_COLOR=1 "$TERN" serve --policy "$dir/init.lua" --user "$(id -un)" \
+    > "$dir/out.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 200); do grep -q "initialization complete" "$dir/out.log" && break; sleep 0.05; done
+  local port
+  port=$(grep -o "smtp listener on [0-9.:]*" "$dir/out.log" | sed 's/.*://')
+  RUNS_OF[$label]+="$(send_once "$port" "$dir/send.json") "
+  # CPU and peak RSS of the last run are printed (they vary little).
+  if [ "$run" = "$RUNS" ]; then
+    python3 - "$pid" "$MESSAGES" > "$dir/resources" <<'PY'
 import os, sys
 pid, messages = sys.argv[1], int(sys.argv[2])
 stat = open(f"/proc/{pid}/stat").read().split(")")[1].split()
@@ -85,14 +85,10 @@ cpu = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 rss = next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM"))
 print(f"{cpu * 1000 / messages:>6.3f} CPU s/1000 msg  peak RSS {rss / 1024:>6.1f} MiB")
 PY
-      local resources
-      resources=$(cat "$dir/resources")
-    fi
-    kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
-    rm -rf "$dir/spool"
-  done
-  RATE[$label]=$(printf '%s\n' "${rates[@]}" | median)
-  printf '%-22s %10.0f msg/s  (runs: %s)  %s\n' "$label" "${RATE[$label]}" "${rates[*]}" "$resources"
+    RESOURCES[$label]=$(cat "$dir/resources")
+  fi
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  rm -rf "$dir/spool"
 }
 
 run_postfix_case() {
@@ -129,9 +125,21 @@ run_postfix_case() {
 }
 
 echo "Reception: $MESSAGES messages of 3 KB over $CONNECTIONS connections, median of $RUNS runs"
-run_tern_case "Tern null queue" LocalDisk null
-run_tern_case "Tern LocalDisk" LocalDisk ""
-run_tern_case "Tern RocksDB" RocksDB ""
+# The cases take turns, round after round, so that a noisy moment on a
+# shared machine hits every case alike and the ratios stay fair.
+TERN_CASES=("Tern null queue|LocalDisk|null" "Tern LocalDisk|LocalDisk|" "Tern RocksDB|RocksDB|")
+for run in $(seq 1 "$RUNS"); do
+  for case in "${TERN_CASES[@]}"; do
+    IFS='|' read -r label kind queue <<< "$case"
+    run_tern_once "$label" "$kind" "$queue" "$run"
+  done
+done
+for case in "${TERN_CASES[@]}"; do
+  IFS='|' read -r label _ _ <<< "$case"
+  # shellcheck disable=SC2086 # the runs are space-separated numbers
+  RATE[$label]=$(printf '%s\n' ${RUNS_OF[$label]} | median)
+  printf '%-22s %10.0f msg/s  (runs: %s)  %s\n' "$label" "${RATE[$label]}" "${RUNS_OF[$label]% }" "${RESOURCES[$label]}"
+done
 # The issue's target: durable reception within 20 % of the null-queue rate.
 for label in "Tern LocalDisk" "Tern RocksDB"; do
   awk -v t="${RATE[$label]}" -v n="${RATE[Tern null queue]}" -v l="$label" \
