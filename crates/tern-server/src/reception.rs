@@ -185,19 +185,7 @@ impl Reception {
     /// Store every message in both spools; fails as a whole if any write
     /// fails, after removing what was written.
     pub async fn spool_all(&self, messages: &[Message]) -> Result<(), String> {
-        let writes = messages.iter().map(|msg| async move {
-            let id = msg.id();
-            let data = self.data.store(id, msg.data());
-            let meta = self
-                .meta
-                .store(id, bytes::Bytes::from(msg.meta_spool_bytes()));
-            let (d, m) = tokio::join!(data, meta);
-            d.map_err(|e| e.to_string())?;
-            m.map_err(|e| e.to_string())?;
-            msg.mark_clean();
-            Ok::<(), String>(())
-        });
-        let results = futures::future::join_all(writes).await;
+        let results = futures::future::join_all(messages.iter().map(|msg| self.save(msg))).await;
         self.spooled
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
         if let Some(err) = results.iter().find_map(|r| r.as_ref().err()) {
@@ -207,9 +195,11 @@ impl Reception {
         Ok(())
     }
 
-    /// `msg:save()`: store both halves of `msg` (again): a message the
-    /// policy changed, or one a `deferred_spool` listener has not written.
-    /// A failure leaves whatever copy was stored before.
+    /// Store both halves of `msg`, concurrently (each spool's group commit
+    /// shares its sync with other writers). Used for every reception and
+    /// by `msg:save()` (a message the policy changed, or one a
+    /// `deferred_spool` listener has not written); a failure here leaves
+    /// whatever copy was stored before.
     pub async fn save(&self, msg: &Message) -> Result<(), String> {
         let id = msg.id();
         let data = self.data.store(id, msg.data());
