@@ -88,7 +88,9 @@ PY
     RESOURCES[$label]=$(cat "$dir/resources")
   fi
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
-  rm -rf "$dir/spool"
+  # The spool stays until the script ends: deleting it here would put the
+  # next case on a filesystem busy reclaiming its inodes (see
+  # docs/benchmarks.md about ext4 without a journal).
 }
 
 run_postfix_case() {

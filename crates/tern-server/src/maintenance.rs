@@ -2,7 +2,7 @@
 //! each spool.
 //!
 //! For a LocalDisk spool that makes the unlinks of delivered messages
-//! durable and prunes the `aa/bb/cc/dd` directories they left empty (a
+//! durable and prunes the `aa/bb` directories they left empty (a
 //! spool that once held millions of messages would otherwise keep
 //! thousands of empty directories that every enumeration walks); for a
 //! RocksDB spool it flushes the memtables and, when most of the files are

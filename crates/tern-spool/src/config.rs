@@ -13,7 +13,7 @@ use std::time::Duration;
 /// Which storage engine backs a spool.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SpoolKind {
-    /// One file per message under `<path>/data/aa/bb/cc/dd/<rest>`.
+    /// One file per message under `<path>/data/aa/bb/<rest>`.
     #[default]
     LocalDisk,
     /// A RocksDB database directory.

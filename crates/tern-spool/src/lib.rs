@@ -358,7 +358,7 @@ impl Spool {
 
     /// Periodic maintenance (the server runs it every 10 minutes):
     /// LocalDisk syncs directories dirtied by removes and prunes empty
-    /// `aa/bb/cc/dd` directories (never while a store is placing a file);
+    /// `aa/bb` directories (never while a store is placing a file);
     /// RocksDB flushes its memtables and compacts away deleted messages.
     pub async fn cleanup(&self) -> Result<()> {
         match &self.backend {

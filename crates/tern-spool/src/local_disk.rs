@@ -4,9 +4,16 @@
 //! * `lock`: the pid lock (see [`crate::lock`]);
 //! * `new/<id>`: a message being written; never visible under its real name
 //!   until complete, and deleted at open if a crash left it behind;
-//! * `data/aa/bb/cc/dd/<rest>`: a stored message, where `aabbccdd` are the
-//!   first eight hex digits of the id (the UUID's low time field) and
-//!   `<rest>` the remaining 24.
+//! * `data/aa/bb/<rest>`: a stored message, where `aabb` are the first four
+//!   hex digits of the id (the high half of the UUID's low time field) and
+//!   `<rest>` the remaining 28. `bb` changes every 6.5 ms, so a directory
+//!   collects every message of its 6.5 ms and the tree is reused every
+//!   7 minutes.
+//! * `data/aa/bb/cc/dd/<rest>` (KumoMTA's layout, one more level per byte of
+//!   the low time field): read, loaded and removed, never written. A spool
+//!   written by KumoMTA is thus recovered as it is. Tern does not write it
+//!   because `dd` changes every 100 ns: nearly every message needed new
+//!   directories, which cost more than the message file itself.
 //!
 //! Group commit: stores go to one writer thread. It takes every store queued
 //! while the previous batch was being synced, writes all their temporary
@@ -18,7 +25,7 @@
 //! directory is synced lazily (at `cleanup` or `close`): a lost delete only
 //! causes a duplicate delivery.
 //!
-//! `cleanup` prunes the `aa/bb/cc/dd` directories that removes left empty.
+//! `cleanup` prunes the `aa/bb` directories that removes left empty.
 //! A directory the writer has just created is empty until the rename
 //! lands in it, so the writer's "create directories, rename, sync
 //! directories" step and each `rmdir` of the pruner exclude each other
@@ -90,15 +97,50 @@ pub(crate) struct LocalDisk {
     flush: bool,
 }
 
-/// `data/aa/bb/cc/dd/<rest>` for `id`.
+/// `data/aa/bb/<rest>`: where Tern stores `id`.
 pub fn message_path(data_dir: &Path, id: SpoolId) -> PathBuf {
+    split_path(data_dir, id, STORE_LEVELS)
+}
+
+/// `data/aa/bb/cc/dd/<rest>`: where KumoMTA stores `id`.
+pub fn legacy_message_path(data_dir: &Path, id: SpoolId) -> PathBuf {
+    split_path(data_dir, id, LEGACY_LEVELS)
+}
+
+/// Directory levels above a message file in Tern's layout.
+const STORE_LEVELS: usize = 2;
+/// Directory levels above a message file in KumoMTA's layout.
+const LEGACY_LEVELS: usize = 4;
+
+/// The id's first `levels` bytes as two-digit directories, then the rest.
+fn split_path(data_dir: &Path, id: SpoolId, levels: usize) -> PathBuf {
     let hex = id.to_string();
     let mut path = data_dir.to_path_buf();
-    for level in 0..4 {
+    for level in 0..levels {
         path.push(&hex[level * 2..level * 2 + 2]);
     }
-    path.push(&hex[8..]);
+    path.push(&hex[levels * 2..]);
     path
+}
+
+/// Runs `op` on the message's path and, when nothing is there, on its
+/// KumoMTA-layout path (a message recovered from a spool KumoMTA wrote).
+fn at_either_path<T>(
+    data_dir: &Path,
+    id: SpoolId,
+    op: impl Fn(&Path) -> std::io::Result<T>,
+) -> (PathBuf, std::io::Result<T>) {
+    let path = message_path(data_dir, id);
+    match op(&path) {
+        Err(err) if err.kind() == ErrorKind::NotFound => {
+            let legacy = legacy_message_path(data_dir, id);
+            match op(&legacy) {
+                Err(legacy_err) if legacy_err.kind() == ErrorKind::NotFound => (path, Err(err)),
+                outcome => (legacy, outcome),
+            }
+        }
+        outcome => (path, outcome),
+    }
 }
 
 fn create_dir(path: &Path) -> Result<()> {
@@ -175,9 +217,10 @@ impl LocalDisk {
     }
 
     pub(crate) async fn load(&self, id: SpoolId) -> Result<Vec<u8>> {
-        let path = message_path(&self.data_dir, id);
+        let data_dir = self.data_dir.clone();
         blocking(move || {
-            std::fs::read(&path).map_err(|err| match err.kind() {
+            let (path, outcome) = at_either_path(&data_dir, id, |path| std::fs::read(path));
+            outcome.map_err(|err| match err.kind() {
                 ErrorKind::NotFound => SpoolError::NotFound(id),
                 _ => SpoolError::io(format!("cannot read {}", path.display()), err),
             })
@@ -186,10 +229,11 @@ impl LocalDisk {
     }
 
     pub(crate) async fn remove(&self, id: SpoolId) -> Result<()> {
-        let path = message_path(&self.data_dir, id);
+        let data_dir = self.data_dir.clone();
         let lazy_dirty = self.lazy_dirty.clone();
         blocking(move || {
-            std::fs::remove_file(&path).map_err(|err| match err.kind() {
+            let (path, outcome) = at_either_path(&data_dir, id, |path| std::fs::remove_file(path));
+            outcome.map_err(|err| match err.kind() {
                 ErrorKind::NotFound => SpoolError::NotFound(id),
                 _ => SpoolError::io(format!("cannot remove {}", path.display()), err),
             })?;
@@ -332,8 +376,9 @@ impl Drop for LocalDisk {
     }
 }
 
-/// Walks `data/aa/bb/cc/dd/rest`, rebuilding each id from the path.
-/// Returns `false` when the consumer has gone away.
+/// Walks `data/aa/bb/rest` (and KumoMTA's `data/aa/bb/cc/dd/rest`),
+/// rebuilding each id from the path. Returns `false` when the consumer has
+/// gone away.
 fn walk(dir: &Path, prefix: &mut String, depth: usize, producer: &mut Producer) -> bool {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -371,24 +416,18 @@ fn walk(dir: &Path, prefix: &mut String, depth: usize, producer: &mut Producer) 
                 continue;
             }
         };
-        let keep_going = if depth < 4 {
-            if !is_dir {
-                // Only directories belong above the leaves.
-                producer.error(unreadable(
-                    &path,
-                    format!("a file at directory level {depth} is not a message"),
-                ))
-            } else if name.len() != 2 {
-                // Not ours; leave it to the operator.
-                true
-            } else {
+        let keep_going = if is_dir {
+            if depth < LEGACY_LEVELS && name.len() == 2 {
                 let len = prefix.len();
                 prefix.push_str(name);
                 let ok = walk(&path, prefix, depth + 1, producer);
                 prefix.truncate(len);
                 ok
+            } else {
+                // Not ours; leave it to the operator.
+                true
             }
-        } else {
+        } else if depth == STORE_LEVELS || depth == LEGACY_LEVELS {
             let mut hex = String::with_capacity(32);
             hex.push_str(prefix);
             hex.push_str(name);
@@ -399,12 +438,18 @@ fn walk(dir: &Path, prefix: &mut String, depth: usize, producer: &mut Producer) 
                     Err(err) if err.kind() == ErrorKind::NotFound => true,
                     Err(err) => producer.error(unreadable(&path, format!("cannot read it: {err}"))),
                 },
-                Err(_) if is_dir => true,
                 Err(_) => producer.error(unreadable(
                     &path,
                     "its path does not spell a spool id".into(),
                 )),
             }
+        } else {
+            // Messages live two (or, as KumoMTA writes them, four)
+            // directories down; nothing else belongs in between.
+            producer.error(unreadable(
+                &path,
+                format!("a file at directory level {depth} is not a message"),
+            ))
         };
         if !keep_going {
             return false;
@@ -421,7 +466,7 @@ fn unreadable(path: &Path, reason: String) -> SpoolError {
     })
 }
 
-/// Removes empty `aa/bb/cc/dd` directories below `dir` (never `dir`
+/// Removes empty `aa/bb` (and `aa/bb/cc/dd`) directories below `dir` (never `dir`
 /// itself). Returns whether `dir` ended up empty. Each `rmdir` holds the
 /// directory guard, so it can never remove a directory the writer has
 /// just created for a rename still to come; `rmdir` itself refuses a
@@ -432,7 +477,7 @@ fn prune_empty_dirs(dir: &Path, depth: usize, guard: &Mutex<()>) -> bool {
     };
     let mut empty = true;
     for entry in entries.flatten() {
-        if depth < 4 && entry.file_type().is_ok_and(|t| t.is_dir()) {
+        if depth < LEGACY_LEVELS && entry.file_type().is_ok_and(|t| t.is_dir()) {
             let path = entry.path();
             if prune_empty_dirs(&path, depth + 1, guard) {
                 let _held = guard.lock();
@@ -737,11 +782,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn message_path_splits_the_low_time_field() {
+    fn message_paths_split_the_low_time_field() {
         let id: SpoolId = "d7ef132b5d7711eea8c8000c29c33806".parse().unwrap();
-        let path = message_path(Path::new("/s/data"), id);
         assert_eq!(
-            path,
+            message_path(Path::new("/s/data"), id),
+            Path::new("/s/data/d7/ef/132b5d7711eea8c8000c29c33806")
+        );
+        assert_eq!(
+            legacy_message_path(Path::new("/s/data"), id),
             Path::new("/s/data/d7/ef/13/2b/5d7711eea8c8000c29c33806")
         );
     }

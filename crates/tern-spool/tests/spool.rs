@@ -86,9 +86,7 @@ async fn local_disk_uses_the_documented_layout() {
         .join("data")
         .join(&hex[0..2])
         .join(&hex[2..4])
-        .join(&hex[4..6])
-        .join(&hex[6..8])
-        .join(&hex[8..]);
+        .join(&hex[4..]);
     assert_eq!(std::fs::read(expected).unwrap(), b"x");
     assert_eq!(
         std::fs::read_dir(dir.path().join("new")).unwrap().count(),
@@ -101,6 +99,48 @@ async fn local_disk_uses_the_documented_layout() {
     spool.remove(id).await.unwrap();
     spool.cleanup().await.unwrap();
     assert!(!dir.path().join("data").join(&hex[0..2]).exists());
+}
+
+/// A spool written by KumoMTA keeps its messages four directories down
+/// (`aa/bb/cc/dd/<rest>`); Tern recovers, loads and removes them where
+/// they are, beside the messages it writes itself.
+#[tokio::test]
+async fn local_disk_reads_kumomta_layout_beside_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let legacy = SpoolId::new();
+    let hex = legacy.to_string();
+    let legacy_path = dir.path().join(format!(
+        "data/{}/{}/{}/{}/{}",
+        &hex[0..2],
+        &hex[2..4],
+        &hex[4..6],
+        &hex[6..8],
+        &hex[8..]
+    ));
+    std::fs::create_dir_all(legacy_path.parent().unwrap()).unwrap();
+    std::fs::write(&legacy_path, b"written by kumod").unwrap();
+
+    let spool = Spool::open(&config(dir.path(), SpoolKind::LocalDisk)).unwrap();
+    let own = SpoolId::new();
+    spool.store(own, Bytes::from_static(b"tern")).await.unwrap();
+
+    let expected = HashMap::from([
+        (legacy, b"written by kumod".to_vec()),
+        (own, b"tern".to_vec()),
+    ]);
+    assert_eq!(collect(&spool).await, expected);
+    assert_eq!(spool.load(legacy).await.unwrap(), b"written by kumod");
+    spool.remove(legacy).await.unwrap();
+    assert!(!legacy_path.exists());
+    assert!(matches!(
+        spool.load(legacy).await,
+        Err(SpoolError::NotFound(_))
+    ));
+    assert!(matches!(
+        spool.remove(legacy).await,
+        Err(SpoolError::NotFound(_))
+    ));
+    assert_eq!(spool.load(own).await.unwrap(), b"tern");
 }
 
 #[tokio::test]
