@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tern_bench::sink::SinkConfig;
 use tern_testkit::Builder;
 
@@ -395,6 +395,78 @@ end)
         "{}",
         delayed[0]
     );
+}
+
+/// `msg:set_due` at reception: `later@` is due 4 s (to the whole second)
+/// after reception and must wait for it, `now@` is delivered at once.
+/// With `deferred_spool` the message is not in the spool and waits in
+/// memory; otherwise it waits in the timer wheel as its spool id.
+fn set_due_at_reception_delays_delivery(deferred_spool: bool) {
+    let sink = TestSink::start(SinkConfig::default());
+    let mut policy = relay_policy(sink.port(), "", "");
+    if deferred_spool {
+        policy = policy.replace(
+            "relay_hosts = { '127.0.0.1' }",
+            "relay_hosts = { '127.0.0.1' }, deferred_spool = true",
+        );
+    }
+    policy.push_str(
+        r#"
+kumo.on('smtp_server_message_received', function(msg)
+  if msg:recipient().user == 'later' then
+    msg:set_due(os.date('!%Y-%m-%dT%H:%M:%SZ', os.time() + 4))
+  end
+end)
+"#,
+    );
+    let server = start_tern(policy);
+    let delivered = || sink.stats().messages;
+    let wait_for = |n: u64, timeout: Duration| {
+        let deadline = Instant::now() + timeout;
+        while delivered() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{n} deliveries within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    send(&server, &["now@example.com"]);
+    wait_for(1, Duration::from_secs(5));
+    send(&server, &["later@example.com"]);
+    let accepted = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(delivered(), 1, "later@ was delivered before its due time");
+    wait_for(2, Duration::from_secs(10));
+    let waited = accepted.elapsed();
+
+    let logs = server.dir().join("logs");
+    let seen = wait_for_records(&logs, Duration::from_secs(10), |r| {
+        count(r, "Delivery") == 2
+    });
+    let time_of = |kind: &str| {
+        let record = of_type(&seen, kind)
+            .into_iter()
+            .find(|r| r["recipient"] == "later@example.com")
+            .unwrap_or_else(|| panic!("no {kind} for later@: {seen:#?}"));
+        event_seconds(record)
+    };
+    let gap = time_of("Delivery") - time_of("Reception");
+    assert!(
+        gap >= 2.5,
+        "delivered {gap:.2}s after reception (waited {waited:?})"
+    );
+    assert_eq!(count(&seen, "TransientFailure"), 0, "{seen:#?}");
+}
+
+#[test]
+fn set_due_at_reception_delays_a_spooled_message() {
+    set_due_at_reception_delays_delivery(false);
+}
+
+#[test]
+fn set_due_at_reception_delays_a_deferred_spool_message() {
+    set_due_at_reception_delays_delivery(true);
 }
 
 #[test]

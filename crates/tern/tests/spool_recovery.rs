@@ -40,6 +40,23 @@ kumo.on('get_queue_config', function()
 end)
 "#;
 
+/// Queues with `retry_interval` that deliver to `[127.0.0.1]:port`.
+fn routed(port: u16, retry_interval: &str) -> String {
+    format!(
+        r#"
+kumo.on('get_queue_config', function()
+  return kumo.make_queue_config {{
+    retry_interval = '{retry_interval}',
+    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{port}' }} }} }},
+  }}
+end)
+kumo.on('get_egress_path_config', function()
+  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled' }}
+end)
+"#
+    )
+}
+
 fn open(dir: &Path, name: &str) -> Spool {
     Spool::open(&SpoolConfig::new(
         name,
@@ -324,6 +341,57 @@ fn entries_created_after_the_process_started_are_ignored() {
     assert!(data.is_some() && meta.is_some());
 }
 
+/// `msg:set_due` in `spool_message_enumerated` replaces the due time
+/// recovery computes: both messages are young, so without it both would be
+/// due at once; `later@` is made due 4 s (to the whole second) ahead.
+#[test]
+fn spool_message_enumerated_can_set_the_due_time() {
+    let sink = TestSink::start(SinkConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    for rcpt in ["now@example.com", "later@example.com"] {
+        put(
+            dir.path(),
+            SpoolId::new(),
+            &meta_doc(json!(rcpt), json!({})),
+        );
+    }
+    let handlers = routed(sink.port(), "1h")
+        + r#"
+kumo.on('spool_message_enumerated', function(msg)
+  if msg:recipient().user == 'later' then
+    msg:set_due(os.date('!%Y-%m-%dT%H:%M:%SZ', os.time() + 4))
+  end
+end)
+"#;
+    let server = start_in(dir, policy("", &handlers));
+    server
+        .wait_for_line("spool recovery: 2 messages queued", Duration::from_secs(10))
+        .unwrap();
+    let queued = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        sink.stats().messages <= 1,
+        "later@ was delivered before its due time"
+    );
+    let log_dir = server.dir().join("logs");
+    let seen = wait_for_records(&log_dir, Duration::from_secs(15), |r| {
+        count(r, "Delivery") == 2
+    });
+    let delivered = |rcpt: &str| {
+        let record = of_type(&seen, "Delivery")
+            .into_iter()
+            .find(|r| r["recipient"] == rcpt)
+            .unwrap_or_else(|| panic!("no Delivery for {rcpt}: {seen:#?}"));
+        event_seconds(record)
+    };
+    let gap = delivered("later@example.com") - delivered("now@example.com");
+    assert!(
+        gap >= 2.0,
+        "later@ delivered {gap:.2}s after now@ ({:?} after recovery)",
+        queued.elapsed()
+    );
+}
+
 /// Fill the spool with `n` messages and start a server whose
 /// `spool_message_enumerated` handler takes 100 ms per message on one
 /// spool-in worker, so enumeration runs for a while. Returns the server
@@ -420,28 +488,13 @@ fn deferred_spool_messages_are_saved_at_shutdown_and_delivered_after_restart() {
         }
         std::thread::sleep(Duration::from_secs(30));
     });
-    let routed = |port: u16| {
-        format!(
-            r#"
-kumo.on('get_queue_config', function()
-  return kumo.make_queue_config {{
-    retry_interval = '1s',
-    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{port}' }} }} }},
-  }}
-end)
-kumo.on('get_egress_path_config', function()
-  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled' }}
-end)
-"#
-        )
-    };
     let deferred = |policy: String| {
         policy.replace(
             "relay_hosts = { '127.0.0.1' } }",
             "relay_hosts = { '127.0.0.1' }, deferred_spool = true }",
         )
     };
-    let server = start_tern(deferred(policy("", &routed(silent_port))));
+    let server = start_tern(deferred(policy("", &routed(silent_port, "1s"))));
     let mut smtp = server.smtp().unwrap();
     smtp.read_reply().unwrap();
     smtp.command("EHLO test").unwrap();
@@ -462,7 +515,7 @@ end)
     drop(held);
 
     let sink = TestSink::start(SinkConfig::default());
-    let server = start_in(dir, deferred(policy("", &routed(sink.port()))));
+    let server = start_in(dir, deferred(policy("", &routed(sink.port(), "1s"))));
     let log_dir = server.dir().join("logs");
     let records = wait_for_records(&log_dir, Duration::from_secs(30), |r| {
         of_type(r, "Delivery")

@@ -8,8 +8,10 @@
 //! `spool_message_enumerated` when the policy handles it (writing back
 //! what the handler changed; an error aborts startup); compute the queue;
 //! infer the attempt counter from the message age; and either expire it or
-//! file it in its scheduled queue as a [`Waiting`] entry. The body is not
-//! read: it stays on disk until the message is due.
+//! file it in its scheduled queue as a [`Waiting`] entry, due at the next
+//! slot of its retry schedule or at the time the handler set with
+//! `msg:set_due`. The body is not read: it stays on disk until the message
+//! is due.
 //!
 //! Each entry is handled start to finish by one worker, so the per-message
 //! order of these steps is the same as with a single worker; only
@@ -271,9 +273,16 @@ async fn process(walk: &Walk, item: Result<SpoolEntry, SpoolError>) -> Result<()
     };
     let created = msg.id().created();
     let scheduling = disposition::scheduling_of(&msg);
+    // A due time set by `spool_message_enumerated` (`msg:set_due`) takes
+    // the place of the computed one. The attempt counter and the max_age
+    // check (on the message's age now) are unchanged; the delivery window
+    // (`set_scheduling`) and its expiry apply to the chosen time as they
+    // would to the computed one. A past time is due at once.
+    let chosen_due = msg.due();
     let decision = schedule
         .after_restart(created, walk.now)
-        .map(|(attempts, due)| {
+        .map(|(attempts, computed)| {
+            let due = chosen_due.unwrap_or(computed);
             let due = match &scheduling {
                 Some(sched) => sched.adjust(due),
                 None => due,

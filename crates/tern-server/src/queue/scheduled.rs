@@ -3,7 +3,10 @@
 //!
 //! Each queue holds two kinds of entries: messages due now (just received,
 //! still in memory) and messages waiting for a retry, which are only a
-//! [`Waiting`] entry (spool id and attempt counter) in a timer wheel. One
+//! [`Waiting`] entry (spool id and attempt counter) in a timer wheel. A
+//! message received with a due time in the future (`msg:set_due` in
+//! `smtp_server_message_received` or `http_message_generated`) waits in
+//! the wheel the same way ([`ScheduledQueue::push_now`]). One
 //! maintainer task per queue promotes due messages towards the ready
 //! queues ([`promote`]), refreshes the queue configuration by TTL or
 //! epoch, and removes the queue once it has been empty for `reap_interval`.
@@ -13,7 +16,8 @@
 //! holds what falls due instead of promoting it: each message gets a
 //! `Delayed` record and waits for the next slot of its retry schedule
 //! ([`hold`]). A held message the spool does not have (`deferred_spool`)
-//! cannot become a spool id in the wheel, so it waits in memory instead.
+//! cannot become a spool id in the wheel, so it waits in memory instead,
+//! as does a `deferred_spool` message received with a future due time.
 
 use super::disposition::{self, Requeue};
 use super::ready::{self, Target};
@@ -48,9 +52,13 @@ pub struct LoadedConfig {
 struct State {
     due_now: Vec<Message>,
     wheel: TimerWheel<Waiting>,
-    /// Messages held while the spool is unhealthy that exist only in
-    /// memory, with the time they are due again.
-    held: Vec<(SystemTime, Message)>,
+    /// Messages due later that the spool does not fully have
+    /// (`deferred_spool`), so they cannot wait as a [`Waiting`] entry: the
+    /// ones held while a spool is unhealthy ([`hold`]) and the ones received
+    /// with a future due time ([`ScheduledQueue::push_now`]). Each with the
+    /// time it is due; [`ScheduledQueue::collect_unspooled`] saves them at
+    /// shutdown.
+    unspooled_later: Vec<(SystemTime, Message)>,
     config: Option<LoadedConfig>,
     wrr: WeightedRoundRobin,
     last_active: Instant,
@@ -81,7 +89,7 @@ impl ScheduledQueue {
             state: Mutex::new(State {
                 due_now: Vec::new(),
                 wheel: TimerWheel::with_tick(TICK),
-                held: Vec::new(),
+                unspooled_later: Vec::new(),
                 config: None,
                 wrr: WeightedRoundRobin::new(),
                 last_active: Instant::now(),
@@ -90,24 +98,41 @@ impl ScheduledQueue {
         })
     }
 
-    /// A message to promote as soon as possible. When promotion falls far
-    /// behind reception, messages that are already in the spool wait as
-    /// [`Waiting`] entries (due now) instead, so a backlog costs its ids,
-    /// not its bodies.
+    /// A message to promote as soon as possible, or at its due time when
+    /// the policy set one in the future (`msg:set_due` at reception). A
+    /// message that waits and is fully in the spool becomes a [`Waiting`]
+    /// entry in the wheel and its body is dropped, so a held backlog costs
+    /// its ids; one the spool lacks (`deferred_spool`) waits in memory.
+    ///
+    /// When promotion falls far behind reception, messages that are
+    /// already in the spool wait as [`Waiting`] entries (due now) instead,
+    /// so a backlog costs its ids, not its bodies.
     pub fn push_now(&self, msg: Message) {
+        let now = SystemTime::now();
+        let spooled = !msg.is_data_dirty() && !msg.is_meta_dirty();
+        // A due time less than one tick away counts as now: the wheel does
+        // not time anything more finely than a tick, and `set_due` from an
+        // `os.date` string has one-second precision, so "now" written that
+        // way is often a fraction of a second ahead.
+        let later = msg
+            .due()
+            .filter(|due| due.duration_since(now).is_ok_and(|wait| wait >= TICK));
         let mut state = self.state.lock();
         state.last_active = Instant::now();
-        if state.due_now.len() >= MAX_DUE_IN_MEMORY && !msg.is_data_dirty() && !msg.is_meta_dirty()
-        {
-            let waiting = Waiting {
-                id: msg.id(),
-                attempts: msg.num_attempts(),
-            };
-            state.wheel.insert(SystemTime::now(), waiting);
-        } else {
-            state.due_now.push(msg);
+        let waiting = Waiting {
+            id: msg.id(),
+            attempts: msg.num_attempts(),
+        };
+        match later {
+            Some(due) if spooled => state.wheel.insert(due, waiting),
+            Some(due) => state.unspooled_later.push((due, msg)),
+            None if spooled && state.due_now.len() >= MAX_DUE_IN_MEMORY => {
+                state.wheel.insert(now, waiting)
+            }
+            None => state.due_now.push(msg),
         }
         drop(state);
+        // Wakes the maintainer, which also recomputes its sleep deadline.
         self.notify.notify_one();
     }
 
@@ -122,7 +147,7 @@ impl ScheduledQueue {
 
     pub fn len(&self) -> usize {
         let state = self.state.lock();
-        state.due_now.len() + state.wheel.len() + state.held.len()
+        state.due_now.len() + state.wheel.len() + state.unspooled_later.len()
     }
 
     /// Copies of the messages waiting here that the spool does not fully
@@ -132,7 +157,7 @@ impl ScheduledQueue {
         let in_memory = state
             .due_now
             .iter()
-            .chain(state.held.iter().map(|(_, m)| m));
+            .chain(state.unspooled_later.iter().map(|(_, m)| m));
         into.extend(
             in_memory
                 .filter(|m| m.is_data_dirty() || m.is_meta_dirty())
@@ -209,11 +234,11 @@ pub async fn maintain(mgr: Arc<QueueManager>, queue: Arc<ScheduledQueue>) {
             let take = state.due_now.len().min(PROMOTE_BATCH);
             batch.extend(state.due_now.drain(..take));
             state.wheel.pop_due_into(now, &mut waiting);
-            if state.held.iter().any(|(due, _)| *due <= now) {
-                let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut state.held)
+            if state.unspooled_later.iter().any(|(due, _)| *due <= now) {
+                let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut state.unspooled_later)
                     .into_iter()
                     .partition(|(due, _)| *due <= now);
-                state.held = later;
+                state.unspooled_later = later;
                 batch.extend(due.into_iter().map(|(_, msg)| msg));
             }
         }
@@ -234,8 +259,8 @@ pub async fn maintain(mgr: Arc<QueueManager>, queue: Arc<ScheduledQueue>) {
 
         let (deadline, idle_for) = {
             let state = queue.state.lock();
-            let held = state.held.iter().map(|(due, _)| *due).min();
-            let deadline = match (state.wheel.next_deadline(), held) {
+            let in_memory = state.unspooled_later.iter().map(|(due, _)| *due).min();
+            let deadline = match (state.wheel.next_deadline(), in_memory) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -393,7 +418,7 @@ async fn hold(
         )
         .await;
         if msg.is_data_dirty() || msg.is_meta_dirty() {
-            queue.state.lock().held.push((due, msg));
+            queue.state.lock().unspooled_later.push((due, msg));
         } else {
             let entry = Waiting {
                 id: msg.id(),
@@ -647,6 +672,76 @@ mod tests {
             max_retry_interval: Some(Duration::from_secs(120)),
             max_age: Duration::from_secs(3600),
         }
+    }
+
+    fn message(due: Option<SystemTime>, spooled: bool) -> Message {
+        let addr = |a: &str| tern_types::EnvelopeAddress::parse(a).unwrap();
+        let msg = Message::new(
+            SpoolId::new(),
+            addr("sender@example.com"),
+            vec![addr("rcpt@example.com")],
+            serde_json::Map::new(),
+            bytes::Bytes::from_static(b"Subject: hi\r\n\r\nbody\r\n"),
+        );
+        msg.set_due(due);
+        if spooled {
+            msg.mark_clean();
+        }
+        msg
+    }
+
+    /// (due now, in the wheel, in memory for later)
+    fn counts(queue: &ScheduledQueue) -> (usize, usize, usize) {
+        let state = queue.state.lock();
+        (
+            state.due_now.len(),
+            state.wheel.len(),
+            state.unspooled_later.len(),
+        )
+    }
+
+    #[test]
+    fn a_spooled_message_due_later_waits_in_the_wheel_as_its_id() {
+        let queue = ScheduledQueue::new("q");
+        let due = SystemTime::now() + Duration::from_secs(60);
+        let msg = message(Some(due), true);
+        let id = msg.id();
+        queue.push_now(msg);
+        assert_eq!(counts(&queue), (0, 1, 0));
+        let mut popped = Vec::new();
+        let mut state = queue.state.lock();
+        state.wheel.pop_due_into(SystemTime::now(), &mut popped);
+        assert!(popped.is_empty(), "not due yet");
+        state.wheel.pop_due_into(due + TICK, &mut popped);
+        assert_eq!(popped.len(), 1);
+        assert_eq!(popped[0].id, id);
+    }
+
+    #[test]
+    fn an_unspooled_message_due_later_waits_in_memory_and_is_saved_at_shutdown() {
+        let queue = ScheduledQueue::new("q");
+        let due = SystemTime::now() + Duration::from_secs(60);
+        queue.push_now(message(Some(due), false));
+        assert_eq!(counts(&queue), (0, 0, 1));
+        assert_eq!(queue.state.lock().unspooled_later[0].0, due);
+        let mut unspooled = Vec::new();
+        queue.collect_unspooled(&mut unspooled);
+        assert_eq!(unspooled.len(), 1);
+    }
+
+    #[test]
+    fn no_due_time_or_one_within_a_tick_is_due_now() {
+        let queue = ScheduledQueue::new("q");
+        let now = SystemTime::now();
+        for due in [
+            None,
+            Some(now - Duration::from_secs(3600)),
+            Some(now + Duration::from_millis(500)),
+        ] {
+            queue.push_now(message(due, true));
+            queue.push_now(message(due, false));
+        }
+        assert_eq!(counts(&queue), (6, 0, 0));
     }
 
     #[test]
