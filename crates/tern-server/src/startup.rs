@@ -287,9 +287,11 @@ async fn open_spools_and_logs(
     let data_config = find("data")?.clone();
     let meta_config = find("meta")?.clone();
     let (data, meta) = tokio::task::spawn_blocking(move || {
-        let data = tern_spool::Spool::open(&data_config)
+        // RocksDB data and meta spools share one writer thread.
+        let group = tern_spool::SpoolGroup::new();
+        let data = tern_spool::Spool::open_in(&data_config, &group)
             .map_err(|e| anyhow::anyhow!("cannot open the data spool: {e}"))?;
-        let meta = tern_spool::Spool::open(&meta_config)
+        let meta = tern_spool::Spool::open_in(&meta_config, &group)
             .map_err(|e| anyhow::anyhow!("cannot open the meta spool: {e}"))?;
         Ok::<_, anyhow::Error>((data, meta))
     })

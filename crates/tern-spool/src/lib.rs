@@ -30,6 +30,7 @@ pub mod space;
 pub use config::{CompressionType, FreeThreshold, LogLevel, RocksParams, SpoolConfig, SpoolKind};
 pub use enumerate::{Enumeration, SpoolEntry};
 pub use local_disk::LocalDiskSync;
+pub use rocks::SpoolGroup;
 pub use space::{DISK_TOO_FULL, FreeSpace};
 pub use tern_types::SpoolId;
 
@@ -218,9 +219,21 @@ impl Spool {
         Self::open_with(config, LocalDiskSync::default())
     }
 
+    /// As [`Spool::open`], for spools that work together (the server's
+    /// `data` and `meta`): RocksDB spools opened in one `group` share a
+    /// writer thread, so both halves of a message are committed in the
+    /// same turn ([`SpoolGroup`]).
+    pub fn open_in(config: &SpoolConfig, group: &SpoolGroup) -> Result<Self> {
+        Self::open_full(config, LocalDiskSync::default(), group)
+    }
+
     /// As [`Spool::open`], choosing how a LocalDisk spool syncs a batch
     /// (ignored for RocksDB). Used by the benchmark to compare strategies.
     pub fn open_with(config: &SpoolConfig, sync: LocalDiskSync) -> Result<Self> {
+        Self::open_full(config, sync, &SpoolGroup::new())
+    }
+
+    fn open_full(config: &SpoolConfig, sync: LocalDiskSync, group: &SpoolGroup) -> Result<Self> {
         config.validate().map_err(SpoolError::Config)?;
         let path = &config.path;
         std::fs::create_dir_all(path).map_err(|err| {
@@ -256,6 +269,7 @@ impl Spool {
                     path,
                     config.flush,
                     &params,
+                    group,
                     counters.clone(),
                 )?)
             }

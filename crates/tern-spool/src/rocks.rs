@@ -2,12 +2,17 @@
 //! bytes, in a RocksDB database at the spool path.
 //!
 //! Group commit: stores and removes go to one writer thread, which drains
-//! everything queued into a single `WriteBatch` and writes it with
-//! `sync = true` (when `flush` and the batch holds a store), so one WAL
+//! everything queued into a single `WriteBatch` per database and writes it
+//! with `sync = true` (when `flush` and the batch holds a store), so one WAL
 //! fdatasync covers every message in the batch; then it wakes the waiters.
 //! Removes ride along with stores and are never synced on their own (a lost
 //! delete is a duplicate delivery, not a loss). Loads and enumeration read
 //! the database directly from blocking threads.
+//!
+//! Spools opened in one [`SpoolGroup`] (the server's `data` and `meta`)
+//! share the writer thread: both halves of a message are then committed in
+//! the same turn and their stores complete together, with one thread to
+//! wake instead of two.
 //!
 //! Linked to the system `librocksdb` (Debian's 7.8) through the `rocksdb`
 //! crate 0.20.x; see `build.rs`.
@@ -85,26 +90,94 @@ impl CommitPacer {
     }
 }
 
+/// Which database of a shared writer a request is for.
+type Slot = usize;
+
 enum Request {
+    /// A database joins the writer; requests for `slot` follow.
+    Attach { slot: Slot, state: Box<DbState> },
     Store {
+        slot: Slot,
         id: SpoolId,
         bytes: Bytes,
         done: oneshot::Sender<Result<()>>,
     },
     Remove {
+        slot: Slot,
         id: SpoolId,
         done: oneshot::Sender<Result<()>>,
     },
-    Close {
-        done: oneshot::Sender<Result<()>>,
+    /// Commit what is pending for `slot`, then stop touching it (the
+    /// writer drops its handle on the database); `done` says when.
+    Detach {
+        slot: Slot,
+        done: std::sync::mpsc::SyncSender<()>,
     },
+    /// Every database has detached: the thread ends.
     Shutdown,
+}
+
+/// Spools that work together, opened with `Spool::open_in`: RocksDB spools
+/// of one group share a writer thread (see the module documentation).
+#[derive(Default)]
+pub struct SpoolGroup {
+    writer: Mutex<Option<Arc<SharedWriter>>>,
+}
+
+impl SpoolGroup {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn writer(&self) -> Result<Arc<SharedWriter>> {
+        let mut writer = self.writer.lock();
+        if let Some(writer) = &*writer {
+            return Ok(writer.clone());
+        }
+        let started = Arc::new(SharedWriter::start()?);
+        *writer = Some(started.clone());
+        Ok(started)
+    }
+}
+
+/// The writer thread and the way to it; the thread ends when the last
+/// spool using it is dropped.
+struct SharedWriter {
+    tx: mpsc::Sender<Request>,
+    handle: Mutex<Option<JoinHandle<()>>>,
+    next_slot: std::sync::atomic::AtomicUsize,
+}
+
+impl SharedWriter {
+    fn start() -> Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("spool-rocks-writer".into())
+            .spawn(move || Writer::default().run(rx))
+            .map_err(|err| SpoolError::io("cannot start spool writer thread", err))?;
+        Ok(Self {
+            tx,
+            handle: Mutex::new(Some(handle)),
+            next_slot: Default::default(),
+        })
+    }
+}
+
+impl Drop for SharedWriter {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Request::Shutdown);
+        if let Some(handle) = self.handle.lock().take() {
+            let _ = handle.join();
+        }
+    }
 }
 
 pub(crate) struct Rocks {
     db: Arc<DB>,
-    tx: mpsc::Sender<Request>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    writer: Arc<SharedWriter>,
+    slot: Slot,
+    /// Set once the writer has let go of this database.
+    detached: std::sync::atomic::AtomicBool,
     gate: Arc<HealthGate>,
     path: String,
 }
@@ -193,6 +266,7 @@ impl Rocks {
         path: &Path,
         flush: bool,
         params: &RocksParams,
+        group: &SpoolGroup,
         counters: Arc<Counters>,
     ) -> Result<Self> {
         let db = DB::open(&options(params), path).map_err(|err| {
@@ -203,36 +277,70 @@ impl Rocks {
         })?;
         let db = Arc::new(db);
         let gate = Arc::new(HealthGate::new(params));
-        let (tx, rx) = mpsc::channel();
-        let writer = Writer {
+        let writer = group.writer()?;
+        let slot = writer
+            .next_slot
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let state = Box::new(DbState {
             db: db.clone(),
             flush,
             gate: gate.clone(),
             counters,
-        };
-        let handle = std::thread::Builder::new()
-            .name("spool-rocks-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|err| SpoolError::io("cannot start spool writer thread", err))?;
+            batch: WriteBatch::default(),
+            waiters: Vec::new(),
+            stores: 0,
+        });
+        writer
+            .tx
+            .send(Request::Attach { slot, state })
+            .map_err(|_| SpoolError::Storage("spool writer stopped".into()))?;
         Ok(Self {
             db,
-            tx,
-            writer: Mutex::new(Some(handle)),
+            writer,
+            slot,
+            detached: Default::default(),
             gate,
             path: path.display().to_string(),
         })
     }
 
     fn send(&self, request: Request) -> Result<()> {
-        self.tx
+        if self.detached.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(SpoolError::Closed(self.path.clone()));
+        }
+        self.writer
+            .tx
             .send(request)
             .map_err(|_| SpoolError::Closed(self.path.clone()))
+    }
+
+    /// Asks the writer to commit what is pending for this database and let
+    /// go of it; later requests fail with `Closed`. The receiver hears when
+    /// that is done. `None` when already asked (or the writer is gone).
+    fn request_detach(&self) -> Option<std::sync::mpsc::Receiver<()>> {
+        if self
+            .detached
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return None;
+        }
+        let (done, detached) = std::sync::mpsc::sync_channel(1);
+        let request = Request::Detach {
+            slot: self.slot,
+            done,
+        };
+        self.writer.tx.send(request).ok().map(|()| detached)
     }
 
     pub(crate) fn submit_store(&self, id: SpoolId, bytes: Bytes) -> Result<Pending> {
         self.gate.check().map_err(SpoolError::Unhealthy)?;
         let (done, pending) = oneshot::channel();
-        self.send(Request::Store { id, bytes, done })?;
+        self.send(Request::Store {
+            slot: self.slot,
+            id,
+            bytes,
+            done,
+        })?;
         Ok(pending)
     }
 
@@ -274,7 +382,11 @@ impl Rocks {
             return Err(SpoolError::NotFound(id));
         }
         let (done, pending) = oneshot::channel();
-        self.send(Request::Remove { id, done })?;
+        self.send(Request::Remove {
+            slot: self.slot,
+            id,
+            done,
+        })?;
         pending
             .await
             .unwrap_or_else(|_| Err(SpoolError::Closed(self.path.clone())))
@@ -349,18 +461,13 @@ impl Rocks {
     }
 
     pub(crate) async fn close(&self) -> Result<()> {
-        let (done, pending) = oneshot::channel();
-        if self.send(Request::Close { done }).is_ok() {
-            pending
-                .await
-                .unwrap_or_else(|_| Err(SpoolError::Storage("spool writer stopped".into())))?;
-        }
-        let handle = self.writer.lock().take();
         let db = self.db.clone();
         let poisoned = self.gate.is_poisoned();
+        let detached = self.request_detach();
         blocking(move || {
-            if let Some(handle) = handle {
-                let _ = handle.join();
+            if let Some(detached) = detached {
+                // Waits for the writer's current turn to end.
+                let _ = detached.recv();
             }
             if poisoned {
                 // Everything acknowledged was synced when it was written.
@@ -375,9 +482,11 @@ impl Rocks {
 
 impl Drop for Rocks {
     fn drop(&mut self) {
-        let _ = self.tx.send(Request::Shutdown);
-        if let Some(handle) = self.writer.lock().take() {
-            let _ = handle.join();
+        // The database must be closed when the spool is dropped (the same
+        // path may be opened again at once), so the writer must have let
+        // go of its handle first.
+        if let Some(detached) = self.request_detach() {
+            let _ = detached.recv();
         }
     }
 }
@@ -390,45 +499,37 @@ fn uuid_from(bytes: [u8; 16]) -> uuid::Uuid {
     uuid::Uuid::from_bytes(bytes)
 }
 
-struct Writer {
+/// One database's part of the writer: its handle, settings, and the
+/// batch being gathered for it.
+struct DbState {
     db: Arc<DB>,
     flush: bool,
     gate: Arc<HealthGate>,
     counters: Arc<Counters>,
+    batch: WriteBatch,
+    waiters: Vec<oneshot::Sender<Result<()>>>,
+    stores: u64,
+}
+
+/// The writer thread's state: the attached databases by slot.
+#[derive(Default)]
+struct Writer {
+    dbs: Vec<Option<DbState>>,
+    pacer: CommitPacer,
 }
 
 impl Writer {
-    fn run(self, rx: mpsc::Receiver<Request>) {
-        let mut batch = WriteBatch::default();
-        let mut waiters: Vec<oneshot::Sender<Result<()>>> = Vec::new();
-        let mut stores = 0u64;
-        let mut pacer = CommitPacer::default();
+    fn run(mut self, rx: mpsc::Receiver<Request>) {
         while let Ok(first) = rx.recv() {
             let mut next = Some(first);
             let mut waited = false;
             loop {
                 while let Some(request) = next.take() {
-                    match request {
-                        Request::Store { id, bytes, done } => {
-                            batch.put(id.as_bytes(), &bytes);
-                            waiters.push(done);
-                            stores += 1;
-                        }
-                        Request::Remove { id, done } => {
-                            batch.delete(id.as_bytes());
-                            waiters.push(done);
-                        }
-                        Request::Close { done } => {
-                            self.commit(&mut batch, &mut waiters, &mut stores);
-                            let _ = done.send(Ok(()));
-                            return;
-                        }
-                        Request::Shutdown => {
-                            self.commit(&mut batch, &mut waiters, &mut stores);
-                            return;
-                        }
+                    if !self.take(request) {
+                        self.commit_all();
+                        return;
                     }
-                    if waiters.len() < MAX_BATCH {
+                    if self.pending() < MAX_BATCH {
                         next = rx.try_recv().ok();
                     }
                 }
@@ -437,13 +538,8 @@ impl Writer {
                 // messages (the sync, not the write, is the cost). The
                 // thread sleeps through the wait instead of waking for
                 // each arrival, then takes whatever came.
-                let delay = pacer.delay();
-                if waited
-                    || !self.flush
-                    || stores == 0
-                    || delay.is_zero()
-                    || waiters.len() >= MAX_BATCH
-                {
+                let delay = self.pacer.delay();
+                if waited || delay.is_zero() || !self.wants_sync() || self.pending() >= MAX_BATCH {
                     break;
                 }
                 waited = true;
@@ -453,48 +549,143 @@ impl Writer {
                     break;
                 }
             }
-            pacer.record(stores, Instant::now());
-            self.commit(&mut batch, &mut waiters, &mut stores);
+            let stores = self.dbs.iter().flatten().map(|db| db.stores).sum();
+            self.pacer.record(stores, Instant::now());
+            self.commit_all();
         }
     }
 
-    fn commit(
-        &self,
-        batch: &mut WriteBatch,
-        waiters: &mut Vec<oneshot::Sender<Result<()>>>,
-        stores: &mut u64,
-    ) {
-        if waiters.is_empty() {
-            return;
+    /// Files one request; `false` when the thread must end.
+    fn take(&mut self, request: Request) -> bool {
+        match request {
+            Request::Attach { slot, state } => {
+                if self.dbs.len() <= slot {
+                    self.dbs.resize_with(slot + 1, || None);
+                }
+                self.dbs[slot] = Some(*state);
+            }
+            Request::Store {
+                slot,
+                id,
+                bytes,
+                done,
+            } => match self.dbs.get_mut(slot).and_then(Option::as_mut) {
+                Some(db) => {
+                    db.batch.put(id.as_bytes(), &bytes);
+                    db.waiters.push(done);
+                    db.stores += 1;
+                }
+                None => {
+                    let _ = done.send(Err(SpoolError::Closed(format!("spool slot {slot}"))));
+                }
+            },
+            Request::Remove { slot, id, done } => {
+                match self.dbs.get_mut(slot).and_then(Option::as_mut) {
+                    Some(db) => {
+                        db.batch.delete(id.as_bytes());
+                        db.waiters.push(done);
+                    }
+                    None => {
+                        let _ = done.send(Err(SpoolError::Closed(format!("spool slot {slot}"))));
+                    }
+                }
+            }
+            Request::Detach { slot, done } => {
+                if let Some(mut db) = self.dbs.get_mut(slot).and_then(Option::take) {
+                    let finished = db.commit();
+                    finished.wake();
+                }
+                let _ = done.send(());
+            }
+            Request::Shutdown => return false,
         }
-        let sync = self.flush && *stores > 0;
-        let mut write_options = WriteOptions::default();
-        write_options.set_sync(sync);
+        true
+    }
+
+    fn pending(&self) -> usize {
+        self.dbs.iter().flatten().map(|db| db.waiters.len()).sum()
+    }
+
+    fn wants_sync(&self) -> bool {
+        self.dbs
+            .iter()
+            .flatten()
+            .any(|db| db.flush && db.stores > 0)
+    }
+
+    /// Commits every database's batch, then wakes all their waiters at
+    /// once, so that the two halves of a message complete together.
+    fn commit_all(&mut self) {
+        let finished: Vec<Finished> = self
+            .dbs
+            .iter_mut()
+            .flatten()
+            .filter(|db| !db.waiters.is_empty())
+            .map(DbState::commit)
+            .collect();
+        for batch in finished {
+            batch.wake();
+        }
+    }
+}
+
+/// The waiters of one committed batch and their verdict.
+struct Finished {
+    waiters: Vec<oneshot::Sender<Result<()>>>,
+    outcome: Result<()>,
+}
+
+impl Finished {
+    fn wake(self) {
+        match self.outcome {
+            Ok(()) => {
+                for done in self.waiters {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            Err(err) => {
+                for done in self.waiters {
+                    let _ = done.send(Err(err.duplicate()));
+                }
+            }
+        }
+    }
+}
+
+impl DbState {
+    fn commit(&mut self) -> Finished {
+        let waiters = std::mem::take(&mut self.waiters);
+        let stores = std::mem::take(&mut self.stores);
+        let batch = std::mem::take(&mut self.batch);
+        if waiters.is_empty() {
+            return Finished {
+                waiters,
+                outcome: Ok(()),
+            };
+        }
         if self.gate.is_poisoned() {
             // Never touch the database after a fatal write error (see
             // `HealthGate::poison`); fail the requests instead.
-            batch.clear();
             let reason = self.gate.check().err().unwrap_or_default();
-            for done in waiters.drain(..) {
-                let _ = done.send(Err(SpoolError::Unhealthy(reason.clone())));
-            }
-            *stores = 0;
-            return;
+            return Finished {
+                waiters,
+                outcome: Err(SpoolError::Unhealthy(reason)),
+            };
         }
-        let outcome = self.db.write_opt(std::mem::take(batch), &write_options);
-        match outcome {
+        let sync = self.flush && stores > 0;
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(sync);
+        let outcome = match self.db.write_opt(batch, &write_options) {
             Ok(()) => {
                 self.gate.record_success();
                 if sync {
                     self.counters.add_syncs(1);
                 }
-                if *stores > 0 {
+                if stores > 0 {
                     self.counters.add_commit();
-                    self.counters.add_stores(*stores);
+                    self.counters.add_stores(stores);
                 }
-                for done in waiters.drain(..) {
-                    let _ = done.send(Ok(()));
-                }
+                Ok(())
             }
             Err(err) => {
                 let reason = format!("RocksDB spool write failed: {err}");
@@ -506,13 +697,10 @@ impl Writer {
                 } else {
                     self.gate.record_error(false, reason);
                 }
-                let err = storage_error("RocksDB spool write failed", err);
-                for done in waiters.drain(..) {
-                    let _ = done.send(Err(err.duplicate()));
-                }
+                Err(storage_error("RocksDB spool write failed", err))
             }
-        }
-        *stores = 0;
+        };
+        Finished { waiters, outcome }
     }
 }
 

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_spool::{
-    FreeThreshold, LocalDiskSync, Spool, SpoolConfig, SpoolError, SpoolId, SpoolKind,
+    FreeThreshold, LocalDiskSync, Spool, SpoolConfig, SpoolError, SpoolGroup, SpoolId, SpoolKind,
 };
 
 const KINDS: [SpoolKind; 2] = [SpoolKind::LocalDisk, SpoolKind::RocksDB];
@@ -99,6 +99,68 @@ async fn local_disk_uses_the_documented_layout() {
     spool.remove(id).await.unwrap();
     spool.cleanup().await.unwrap();
     assert!(!dir.path().join("data").join(&hex[0..2]).exists());
+}
+
+/// RocksDB spools opened in one group share a writer thread. Each still
+/// behaves as its own spool: concurrent stores to both land in the right
+/// database, closing one leaves the other working, and dropping them
+/// releases both databases so that they can be opened again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rocksdb_spools_sharing_a_writer_stay_separate() {
+    let dir = tempfile::tempdir().unwrap();
+    let open_pair = || {
+        let group = SpoolGroup::new();
+        let data = SpoolConfig::new("data", dir.path().join("data"), SpoolKind::RocksDB);
+        let meta = SpoolConfig::new("meta", dir.path().join("meta"), SpoolKind::RocksDB);
+        (
+            Arc::new(Spool::open_in(&data, &group).unwrap()),
+            Arc::new(Spool::open_in(&meta, &group).unwrap()),
+        )
+    };
+    let (data, meta) = open_pair();
+    let ids: Vec<SpoolId> = (0..500).map(|_| SpoolId::new()).collect();
+    let stores: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            let (data, meta) = (data.clone(), meta.clone());
+            tokio::spawn(async move {
+                let body = Bytes::from(format!("body of {id}"));
+                let envelope = Bytes::from(format!("meta of {id}"));
+                let (d, m) = tokio::join!(data.store(id, body), meta.store(id, envelope));
+                d.unwrap();
+                m.unwrap();
+            })
+        })
+        .collect();
+    for store in stores {
+        store.await.unwrap();
+    }
+    let (in_data, in_meta) = (collect(&data).await, collect(&meta).await);
+    assert_eq!(in_data.len(), ids.len());
+    assert_eq!(in_meta.len(), ids.len());
+    for id in &ids {
+        assert_eq!(in_data[id], format!("body of {id}").into_bytes());
+        assert_eq!(in_meta[id], format!("meta of {id}").into_bytes());
+    }
+    // Group commit covered many stores per sync in each database.
+    assert!(data.stats().syncs < data.stats().stores);
+
+    meta.close().await.unwrap();
+    assert!(matches!(
+        meta.store(SpoolId::new(), Bytes::from_static(b"late"))
+            .await,
+        Err(SpoolError::Closed(_))
+    ));
+    data.remove(ids[0]).await.unwrap();
+    data.store(ids[0], Bytes::from_static(b"again"))
+        .await
+        .unwrap();
+    assert_eq!(data.load(ids[0]).await.unwrap(), b"again");
+
+    drop((data, meta));
+    let (data, meta) = open_pair();
+    assert_eq!(data.load(ids[0]).await.unwrap(), b"again");
+    assert_eq!(collect(&meta).await.len(), ids.len());
 }
 
 /// A spool written by KumoMTA keeps its messages four directories down
