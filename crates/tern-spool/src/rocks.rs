@@ -28,6 +28,7 @@ use parking_lot::Mutex;
 use rocksdb::{DB, DBCompressionType, ErrorKind, IteratorMode, Options, WriteBatch, WriteOptions};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -94,8 +95,13 @@ impl CommitPacer {
 type Slot = usize;
 
 enum Request {
-    /// A database joins the writer; requests for `slot` follow.
-    Attach { slot: Slot, state: Box<DbState> },
+    /// A database joins the writer; requests for `slot` follow. `path`
+    /// names it in the errors of requests that arrive after it detached.
+    Attach {
+        slot: Slot,
+        path: String,
+        state: Box<DbState>,
+    },
     Store {
         slot: Slot,
         id: SpoolId,
@@ -145,7 +151,7 @@ impl SpoolGroup {
 struct SharedWriter {
     tx: mpsc::Sender<Request>,
     handle: Mutex<Option<JoinHandle<()>>>,
-    next_slot: std::sync::atomic::AtomicUsize,
+    next_slot: AtomicUsize,
 }
 
 impl SharedWriter {
@@ -177,7 +183,7 @@ pub(crate) struct Rocks {
     writer: Arc<SharedWriter>,
     slot: Slot,
     /// Set once the writer has let go of this database.
-    detached: std::sync::atomic::AtomicBool,
+    detached: AtomicBool,
     gate: Arc<HealthGate>,
     path: String,
 }
@@ -278,9 +284,7 @@ impl Rocks {
         let db = Arc::new(db);
         let gate = Arc::new(HealthGate::new(params));
         let writer = group.writer()?;
-        let slot = writer
-            .next_slot
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let slot = writer.next_slot.fetch_add(1, Ordering::Relaxed);
         let state = Box::new(DbState {
             db: db.clone(),
             flush,
@@ -292,7 +296,11 @@ impl Rocks {
         });
         writer
             .tx
-            .send(Request::Attach { slot, state })
+            .send(Request::Attach {
+                slot,
+                path: path.display().to_string(),
+                state,
+            })
             .map_err(|_| SpoolError::Storage("spool writer stopped".into()))?;
         Ok(Self {
             db,
@@ -305,7 +313,7 @@ impl Rocks {
     }
 
     fn send(&self, request: Request) -> Result<()> {
-        if self.detached.load(std::sync::atomic::Ordering::Acquire) {
+        if self.detached.load(Ordering::Acquire) {
             return Err(SpoolError::Closed(self.path.clone()));
         }
         self.writer
@@ -318,10 +326,7 @@ impl Rocks {
     /// go of it; later requests fail with `Closed`. The receiver hears when
     /// that is done. `None` when already asked (or the writer is gone).
     fn request_detach(&self) -> Option<std::sync::mpsc::Receiver<()>> {
-        if self
-            .detached
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
+        if self.detached.swap(true, Ordering::AcqRel) {
             return None;
         }
         let (done, detached) = std::sync::mpsc::sync_channel(1);
@@ -515,6 +520,8 @@ struct DbState {
 #[derive(Default)]
 struct Writer {
     dbs: Vec<Option<DbState>>,
+    /// Each slot's spool path, kept after it detaches.
+    paths: Vec<String>,
     pacer: CommitPacer,
 }
 
@@ -558,11 +565,13 @@ impl Writer {
     /// Files one request; `false` when the thread must end.
     fn take(&mut self, request: Request) -> bool {
         match request {
-            Request::Attach { slot, state } => {
+            Request::Attach { slot, path, state } => {
                 if self.dbs.len() <= slot {
                     self.dbs.resize_with(slot + 1, || None);
+                    self.paths.resize_with(slot + 1, String::new);
                 }
                 self.dbs[slot] = Some(*state);
+                self.paths[slot] = path;
             }
             Request::Store {
                 slot,
@@ -576,7 +585,7 @@ impl Writer {
                     db.stores += 1;
                 }
                 None => {
-                    let _ = done.send(Err(SpoolError::Closed(format!("spool slot {slot}"))));
+                    let _ = done.send(Err(self.closed(slot)));
                 }
             },
             Request::Remove { slot, id, done } => {
@@ -586,7 +595,7 @@ impl Writer {
                         db.waiters.push(done);
                     }
                     None => {
-                        let _ = done.send(Err(SpoolError::Closed(format!("spool slot {slot}"))));
+                        let _ = done.send(Err(self.closed(slot)));
                     }
                 }
             }
@@ -600,6 +609,11 @@ impl Writer {
             Request::Shutdown => return false,
         }
         true
+    }
+
+    /// The error for a request that reached a detached (closed) slot.
+    fn closed(&self, slot: Slot) -> SpoolError {
+        SpoolError::Closed(self.paths.get(slot).cloned().unwrap_or_default())
     }
 
     fn pending(&self) -> usize {

@@ -658,6 +658,22 @@ fn child_entry() {
     }
 }
 
+/// Enumerates `spool`: the ids it read, and the entries it reported as
+/// unreadable. Any other error fails the test.
+async fn enumerate_split(spool: &Spool) -> (Vec<SpoolId>, Vec<tern_spool::UnreadableEntry>) {
+    let mut entries = spool.enumerate();
+    let mut found = Vec::new();
+    let mut unreadable = Vec::new();
+    while let Some(item) = entries.next().await {
+        match item {
+            Ok(entry) => found.push(entry.id),
+            Err(SpoolError::Unreadable(entry)) => unreadable.push(entry),
+            Err(other) => panic!("unexpected enumeration error: {other}"),
+        }
+    }
+    (found, unreadable)
+}
+
 /// Enumeration reports what it cannot read as `Unreadable`, and
 /// `remove_unreadable` deletes exactly that, so recovery can drop it.
 #[tokio::test]
@@ -676,16 +692,7 @@ async fn unreadable_local_disk_entries_are_reported_and_removable() {
     let stray = dir.path().join("data/ab/stray-file");
     std::fs::write(&stray, b"?").unwrap();
 
-    let mut entries = spool.enumerate();
-    let mut found = Vec::new();
-    let mut unreadable = Vec::new();
-    while let Some(item) = entries.next().await {
-        match item {
-            Ok(entry) => found.push(entry.id),
-            Err(SpoolError::Unreadable(entry)) => unreadable.push(entry),
-            Err(other) => panic!("unexpected enumeration error: {other}"),
-        }
-    }
+    let (found, unreadable) = enumerate_split(&spool).await;
     assert_eq!(found, vec![good]);
     let mut locations: Vec<String> = unreadable.iter().map(|u| u.location.clone()).collect();
     locations.sort();
@@ -716,16 +723,7 @@ async fn unreadable_rocksdb_keys_are_reported_and_removable() {
         .store(good, Bytes::from_static(b"good"))
         .await
         .unwrap();
-    let mut entries = spool.enumerate();
-    let mut found = Vec::new();
-    let mut unreadable = Vec::new();
-    while let Some(item) = entries.next().await {
-        match item {
-            Ok(entry) => found.push(entry.id),
-            Err(SpoolError::Unreadable(entry)) => unreadable.push(entry),
-            Err(other) => panic!("unexpected enumeration error: {other}"),
-        }
-    }
+    let (found, unreadable) = enumerate_split(&spool).await;
     assert_eq!(found, vec![good]);
     assert_eq!(unreadable.len(), 1);
     assert_eq!(unreadable[0].location, "key 6f6464");
