@@ -219,6 +219,13 @@ pub struct RocksParams {
     pub level0_stop_writes_trigger: Option<i32>,
     #[serde(default)]
     pub log_level: LogLevel,
+    /// Where RocksDB writes its own info `LOG` files (`db_log_dir`),
+    /// instead of the spool directory. Tern's extension: Debian's
+    /// librocksdb 7.8 is built with assertions, and a LOG file whose write
+    /// failed (ENOSPC) aborts the process at the next LOG line, so a LOG
+    /// on the spool's filesystem turns a full spool into a crash.
+    #[serde(default)]
+    pub log_dir: Option<PathBuf>,
     #[serde(default)]
     pub memtable_huge_page_size: Option<usize>,
     #[serde(default = "default_log_roll", with = "tern_types::duration::req")]
@@ -288,6 +295,7 @@ impl Default for RocksParams {
             write_buffer_size: None,
             level0_stop_writes_trigger: None,
             log_level: LogLevel::default(),
+            log_dir: None,
             memtable_huge_page_size: None,
             log_file_time_to_roll: default_log_roll(),
             obsolete_files_period: default_obsolete_period(),
@@ -372,7 +380,7 @@ mod tests {
                   "optimize_level_style_compaction": 67108864, "paranoid_checks": true,
                   "compaction_readahead_size": 2097152, "level_compaction_dynamic_level_bytes": true,
                   "max_open_files": 1000, "write_buffer_size": 1048576,
-                  "level0_stop_writes_trigger": 40, "log_level": "Warn",
+                  "level0_stop_writes_trigger": 40, "log_level": "Warn", "log_dir": "/var/log/rocks",
                   "memtable_huge_page_size": 0, "log_file_time_to_roll": "1 hour",
                   "obsolete_files_period": 60, "limit_concurrent_stores": 8,
                   "limit_concurrent_loads": 8, "limit_concurrent_removes": 8,
@@ -390,6 +398,7 @@ mod tests {
         assert_eq!(rocks.log_file_time_to_roll, Duration::from_secs(3600));
         assert_eq!(rocks.obsolete_files_period, Duration::from_secs(60));
         assert_eq!(rocks.error_unlatch_duration, Duration::from_secs(120));
+        assert_eq!(rocks.log_dir, Some(PathBuf::from("/var/log/rocks")));
         assert!(!rocks.allow_error_unlatch);
     }
 

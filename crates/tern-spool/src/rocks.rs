@@ -250,6 +250,9 @@ pub(crate) fn options(params: &RocksParams) -> Options {
     if let Some(size) = params.memtable_huge_page_size {
         opts.set_memtable_huge_page_size(size);
     }
+    if let Some(dir) = &params.log_dir {
+        opts.set_db_log_dir(dir);
+    }
     opts.set_log_file_time_to_roll(params.log_file_time_to_roll.as_secs() as usize);
     opts.set_delete_obsolete_files_period_micros(
         params
@@ -275,6 +278,15 @@ impl Rocks {
         group: &SpoolGroup,
         counters: Arc<Counters>,
     ) -> Result<Self> {
+        if let Some(dir) = &params.log_dir {
+            // RocksDB creates only the last component.
+            std::fs::create_dir_all(dir).map_err(|err| {
+                SpoolError::io(
+                    format!("cannot create the RocksDB log directory {}", dir.display()),
+                    err,
+                )
+            })?;
+        }
         let db = DB::open(&options(params), path).map_err(|err| {
             storage_error(
                 &format!("cannot open RocksDB spool {}", path.display()),

@@ -566,6 +566,53 @@ async fn rocks_params_are_applied_at_open() {
     );
 }
 
+/// `rocks_params.log_dir` moves RocksDB's own `LOG` off the spool's
+/// directory (and filesystem, in production): the parent directories are
+/// created, the file is named after the spool path, and the spool directory
+/// holds no `LOG`.
+#[tokio::test]
+async fn rocksdb_log_dir_moves_the_info_log_out_of_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_path = dir.path().join("spool/data");
+    let log_dir = dir.path().join("rocks/logs");
+    let cfg: SpoolConfig = serde_json::from_value(serde_json::json!({
+        "name": "data", "path": spool_path, "kind": "RocksDB",
+        "rocks_params": {"log_dir": log_dir}
+    }))
+    .unwrap();
+    let spool = Spool::open(&cfg).unwrap();
+    let id = SpoolId::new();
+    spool.store(id, Bytes::from(body_for(id))).await.unwrap();
+    assert!(
+        !spool_path.join("LOG").exists(),
+        "RocksDB still writes LOG into the spool directory"
+    );
+    let logs: Vec<String> = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        logs.iter().any(|name| name.ends_with("_data_LOG")),
+        "no LOG named after the spool in {}: {logs:?}",
+        log_dir.display()
+    );
+    drop(spool);
+
+    // A log_dir that cannot be created names itself.
+    std::fs::write(dir.path().join("file"), b"x").unwrap();
+    let cfg: SpoolConfig = serde_json::from_value(serde_json::json!({
+        "name": "data", "path": dir.path().join("other"), "kind": "RocksDB",
+        "rocks_params": {"log_dir": dir.path().join("file/logs")}
+    }))
+    .unwrap();
+    let err = Spool::open(&cfg).err().expect("open must fail").to_string();
+    assert!(
+        err.contains("cannot create the RocksDB log directory") && err.contains("file/logs"),
+        "{err}"
+    );
+}
+
 /// Opens a spool whose previous handle was just dropped. Another test in
 /// this binary may be spawning a child at that moment: between `fork` and
 /// `exec` the child shares every descriptor, including the lock's, so the
