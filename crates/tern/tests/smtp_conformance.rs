@@ -11,7 +11,8 @@
 //!   and `max_messages_per_connection`;
 //! * a pipelined burst of garbage and 1,000 concurrent idle connections,
 //!   with other clients still served;
-//! * the `smtp_server_*` events of §3.8: `smtp_server_rewrite_response`,
+//! * the `smtp_server_*` events of §3.8: `smtp_server_rewrite_response`
+//!   (also for a refusal sent in place of the banner),
 //!   the three `kumo.disconnect` modes, plain Lua errors,
 //!   `smtp_server_ehlo`, `kumo.reject` in `smtp_server_rcpt_to` and
 //!   `smtp_server_data`, `smtp_server_split_transaction`, and
@@ -847,6 +848,34 @@ end)
     // Rewriting to 421 closes the connection after the reply.
     assert!(c.cmd("EHLO close.test").starts_with("250-"));
     assert_eq!(c.cmd("VRFY x"), "421 4.7.0 rewritten goodbye\r\n");
+    c.expect_closed();
+}
+
+/// A refusal sent instead of the banner (here: the data spool's
+/// filesystem is "too full" because `min_free_space` asks for all of it)
+/// passes through `smtp_server_rewrite_response` like any other reply,
+/// with a nil command, and the connection still closes after it.
+#[test]
+fn a_refusal_in_place_of_the_banner_is_rewritten_too() {
+    let handlers = r#"
+kumo.on('smtp_server_rewrite_response', function(status, text, command, conn_meta)
+  if status == 421 then
+    return nil, text .. ' (rewritten; command ' .. tostring(command) .. ')'
+  end
+end)
+"#;
+    let full = policy("", handlers).replacen(
+        "path = '{dir}/spool/data', min_free_space = '1%'",
+        "path = '{dir}/spool/data', min_free_space = '100%'",
+        1,
+    );
+    assert!(full.contains("'100%'"), "the policy template changed");
+    let server = start(full);
+    let mut c = Conn::connect(server.listener("smtp"));
+    assert_eq!(
+        c.reply(),
+        "421 4.3.2 mx.test disk is too full. Try later (rewritten; command nil)\r\n"
+    );
     c.expect_closed();
 }
 

@@ -259,6 +259,15 @@ impl Session {
     }
 
     async fn drive(&mut self) -> Step {
+        // Every reply of the session passes through the rewrite event,
+        // including a refusal sent in place of the banner (a "unilateral"
+        // reply: `command` is nil).
+        self.rewrite_responses = self
+            .state
+            .engine
+            .has_handler("smtp_server_rewrite_response")
+            .await
+            .unwrap_or(false);
         if let Some(refusal) = self.state.refusal() {
             let host = &self.hostname;
             let reply = match refusal {
@@ -270,12 +279,6 @@ impl Session {
             };
             return self.final_reply(reply).await;
         }
-        self.rewrite_responses = self
-            .state
-            .engine
-            .has_handler("smtp_server_rewrite_response")
-            .await
-            .unwrap_or(false);
 
         // §3.2 step 3: the PROXY header comes before anything we send.
         if self.params.require_proxy_protocol {
