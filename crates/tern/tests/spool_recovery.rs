@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tern_bench::sink::SinkConfig;
 use tern_spool::{Spool, SpoolConfig, SpoolError, SpoolKind};
 use tern_testkit::{Builder, SmtpClient, TernServer};
@@ -57,13 +57,22 @@ end)
     )
 }
 
+/// Opens a spool in this process. The helpers open and drop the same
+/// spool again and again; another test of this binary may be starting a
+/// server at that moment, and between `fork` and `exec` that child shares
+/// every descriptor, including the lock of a handle just dropped here. So
+/// a `Locked` error is retried for a while.
 fn open(dir: &Path, name: &str) -> Spool {
-    Spool::open(&SpoolConfig::new(
-        name,
-        dir.join("spool").join(name),
-        SpoolKind::LocalDisk,
-    ))
-    .unwrap()
+    let config = SpoolConfig::new(name, dir.join("spool").join(name), SpoolKind::LocalDisk);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Spool::open(&config) {
+            Err(SpoolError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            outcome => return outcome.unwrap(),
+        }
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
