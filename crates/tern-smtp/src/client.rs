@@ -234,17 +234,23 @@ pub fn encode_data(message: &[u8]) -> Vec<u8> {
 
 /// Append the DATA payload for `message` to `out` (see [`encode_data`]).
 ///
-/// A dot is doubled at the start of the message and after every CRLF.
+/// A dot is doubled at the start of the message and after every LF, bare
+/// or part of a CRLF. A message accepted with `invalid_line_endings =
+/// "Allow"` keeps its bare LFs, and some receivers take a bare LF as a line
+/// end: stuffing only after CRLF would let `<LF>.<LF>` in the body end the
+/// message there and smuggle whatever follows as commands. A receiver that
+/// wants CRLF sees one extra dot inside a line of an already malformed
+/// message.
 pub fn dot_stuff_into(message: &[u8], out: &mut Vec<u8>) {
     if message.first() == Some(&b'.') {
         out.push(b'.');
     }
     let mut start = 0;
-    for idx in memchr::memmem::find_iter(message, b"\r\n.") {
-        // Copy through the CRLF and the dot, then add the second dot.
-        out.extend_from_slice(&message[start..idx + 3]);
+    for idx in memchr::memmem::find_iter(message, b"\n.") {
+        // Copy through the LF and the dot, then add the second dot.
+        out.extend_from_slice(&message[start..idx + 2]);
         out.push(b'.');
-        start = idx + 3;
+        start = idx + 2;
     }
     out.extend_from_slice(&message[start..]);
     if !message.is_empty() && !message.ends_with(b"\r\n") {
@@ -411,6 +417,24 @@ mod tests {
             encode_data(b".first\r\n.\r\nmid.dle\r\n..two\r\n"),
             b"..first\r\n..\r\nmid.dle\r\n...two\r\n.\r\n"
         );
+    }
+
+    #[test]
+    fn a_dot_after_a_bare_lf_is_stuffed_too() {
+        let smuggling = b"Subject: x\r\n\r\nhi\n.\nMAIL FROM:<evil@example.com>\r\nbye\r\n";
+        let wire = encode_data(smuggling);
+        assert_eq!(
+            wire,
+            b"Subject: x\r\n\r\nhi\n..\nMAIL FROM:<evil@example.com>\r\nbye\r\n.\r\n"
+        );
+        // A receiver that ends lines at any LF finds its first lone-dot
+        // line only at the real end.
+        let lines: Vec<&[u8]> = wire
+            .split(|&b| b == b'\n')
+            .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+            .collect();
+        let first_dot = lines.iter().position(|line| *line == b".").unwrap();
+        assert_eq!(first_dot, lines.len() - 2, "{lines:?}");
     }
 
     #[test]

@@ -475,27 +475,39 @@ end)
     }
     assert_eq!(deny.cmd("NOOP"), "250 the goggles do nothing\r\n");
 
+    // Each body also carries an SMTP smuggling attempt: `<LF>.<LF>`
+    // followed by a second transaction. It must stay message data in
+    // every mode: one `250` for the whole DATA, nothing answered for the
+    // smuggled commands, and the smuggled text inside the stored message.
+    let smuggled = "MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\n\
+                    Subject: smuggled\r\n\r\nevil\r\n";
     let body = |mode: &str| {
-        format!("Subject: {mode}\r\n\r\nbare\rCR and\nbare LF\r\nend\r\n").into_bytes()
+        format!("Subject: {mode}\r\n\r\nbare\rCR and\nbare LF\r\nend\n.\n{smuggled}").into_bytes()
     };
     for mode in ["Allow", "Fix"] {
         let c = by_mode.get_mut(mode).unwrap();
         let reply = c.transaction("a@example.com", &["b@example.com"], &body(mode));
         assert!(reply.starts_with("250 OK ids="), "{mode}: {reply:?}");
+        assert_eq!(ids_from(&reply).len(), 1, "{mode}: {reply:?}");
+        // Had the message ended at `<LF>.<LF>`, the replies to the
+        // smuggled MAIL, RCPT and DATA would be read here instead.
+        assert_eq!(c.cmd("NOOP"), "250 the goggles do nothing\r\n", "{mode}");
     }
     let stored = maildir_messages(&server, 2);
-    // Allow keeps the bare bytes exactly.
+    // Allow keeps the bare bytes exactly, the smuggled lines included.
     assert_eq!(
         String::from_utf8_lossy(from_subject(&message_with_subject(&stored, "Allow"))),
-        "Subject: Allow\r\n\r\nbare\rCR and\nbare LF\r\nend\r\n"
+        format!("Subject: Allow\r\n\r\nbare\rCR and\nbare LF\r\nend\n.\n{smuggled}")
     );
-    // Fix turns each bare CR or LF into CRLF.
+    // Fix turns each bare CR or LF into CRLF; the smuggled lines are
+    // still part of the body.
     assert_eq!(
         String::from_utf8_lossy(from_subject(&message_with_subject(&stored, "Fix"))),
-        "Subject: Fix\r\n\r\nbare\r\nCR and\r\nbare LF\r\nend\r\n"
+        format!("Subject: Fix\r\n\r\nbare\r\nCR and\r\nbare LF\r\nend\r\n.\r\n{smuggled}")
     );
-    // Nothing from the Deny listener was stored.
-    assert_eq!(stored.len(), 2);
+    // Nothing from the Deny listener was stored, and no smuggled message.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(maildir_messages(&server, 2).len(), 2);
 }
 
 // ---------------------------------------------------------------------
