@@ -1,8 +1,10 @@
 //! ESMTP reception against the real server: replies, durability in the
 //! spool, Reception/Rejection records, and bad input.
 
+mod common;
+
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tern_testkit::{Builder, TernServer, minimal_init};
 
 fn policy(kind: &str, extra_listener: &str) -> String {
@@ -75,6 +77,74 @@ fn open_spool(dir: &std::path::Path, name: &str, kind: &str) -> tern_spool::Spoo
     tern_spool::Spool::open(&config).unwrap()
 }
 
+/// Every id stored in spool `name` (sorted); call after `server.stop()`.
+fn spooled_ids(dir: &std::path::Path, name: &str, kind: &str) -> Vec<String> {
+    let spool = open_spool(dir, name, kind);
+    let mut entries = spool.enumerate();
+    let mut ids = Vec::new();
+    while let Some(entry) = entries.blocking_next() {
+        ids.push(entry.unwrap().id.to_string());
+    }
+    ids.sort();
+    ids
+}
+
+const NOOP_REPLY: &str = "250 the goggles do nothing\r\n";
+
+/// Sends each command in turn and checks its whole reply (given without
+/// the final CRLF).
+fn expect_replies(smtp: &mut tern_testkit::SmtpClient, exchanges: &[(&str, &str)]) {
+    for (command, reply) in exchanges {
+        assert_eq!(
+            smtp.command(command).unwrap().1,
+            format!("{reply}\r\n"),
+            "after {command}"
+        );
+    }
+}
+
+/// A whole transaction from a fresh client (banner, EHLO, MAIL, RCPT,
+/// DATA, QUIT): the id the server gave the message.
+fn send_control_message(server: &TernServer, rcpt: &str) -> String {
+    let mut smtp = server.smtp().unwrap();
+    assert_eq!(smtp.read_reply().unwrap().1, "220 mx.test KumoMTA\r\n");
+    assert_eq!(smtp.command("EHLO control.test").unwrap().0, 250);
+    let (code, reply) = smtp
+        .send_message(
+            "a@example.com",
+            rcpt,
+            b"Subject: control\r\n\r\ncomplete\r\n",
+        )
+        .unwrap();
+    assert_eq!(code, 250, "{reply}");
+    let ids = ids_from(&reply);
+    assert_eq!(ids.len(), 1, "{reply}");
+    assert_eq!(reply, format!("250 OK ids={}\r\n", ids[0]));
+    assert_eq!(smtp.command("QUIT").unwrap().0, 221);
+    ids[0].clone()
+}
+
+/// After `server.stop()`: the control message sent to
+/// `control@example.com` is the only one received, that is the only
+/// Reception record and the only id in both LocalDisk spools.
+fn assert_only_the_control_was_received(dir: &std::path::Path, control: &str) {
+    let records = read_records(dir);
+    let receptions = common::of_type(&records, "Reception");
+    assert_eq!(receptions.len(), 1, "{records:?}");
+    assert_eq!(receptions[0]["id"], control);
+    assert_eq!(receptions[0]["recipient"], "control@example.com");
+    let expected = vec![control.to_string()];
+    assert_eq!(spooled_ids(dir, "data", "LocalDisk"), expected);
+    assert_eq!(spooled_ids(dir, "meta", "LocalDisk"), expected);
+}
+
+/// Wait (while the server runs) until `n` Reception records were logged.
+fn wait_for_receptions(server: &TernServer, n: usize) {
+    common::wait_for_records(&server.dir().join("logs"), Duration::from_secs(60), |r| {
+        common::count(r, "Reception") >= n
+    });
+}
+
 fn accepted_message_is_durable_and_logged(kind: &str) {
     let server = start(kind);
     let mut smtp = server.smtp().unwrap();
@@ -135,10 +205,7 @@ fn accepted_message_is_durable_and_logged(kind: &str) {
     drop((data, meta));
 
     let records = read_records(dir.path());
-    let receptions: Vec<_> = records
-        .iter()
-        .filter(|r| r["type"] == "Reception")
-        .collect();
+    let receptions = common::of_type(&records, "Reception");
     assert_eq!(receptions.len(), 2, "{records:?}");
     let r = receptions
         .iter()
@@ -239,147 +306,276 @@ fn swaks_delivers_a_message() {
     assert!(text.contains("<-  250 OK ids="), "{text}");
 }
 
+/// Each kind of bad input gets its exact reply (§3.4, §3.1
+/// `line_length_hard_limit`), a DATA line may hold 998 bytes but not 999,
+/// the session keeps working after every refusal, and the server keeps
+/// serving other clients.
 #[test]
 fn bad_input_gets_the_right_replies() {
     let server = start("LocalDisk");
     let mut smtp = server.smtp().unwrap();
     smtp.read_reply().unwrap();
-    // commands out of order
-    assert!(
-        smtp.command("RCPT TO:<a@example.com>")
-            .unwrap()
-            .1
-            .starts_with("503 5.5.0 MAIL FROM must be issued first")
-    );
-    assert!(
-        smtp.command("DATA")
-            .unwrap()
-            .1
-            .starts_with("503 5.5.0 MAIL FROM must be issued first")
-    );
-    assert!(
-        smtp.command("VRFY someone")
-            .unwrap()
-            .1
-            .starts_with("502 5.5.1 Command unimplemented")
-    );
-    assert!(
-        smtp.command("FROBNICATE")
-            .unwrap()
-            .1
-            .starts_with("502 5.5.1")
+    // commands out of order, and unknown verbs
+    expect_replies(
+        &mut smtp,
+        &[
+            (
+                "RCPT TO:<a@example.com>",
+                "503 5.5.0 MAIL FROM must be issued first",
+            ),
+            ("DATA", "503 5.5.0 MAIL FROM must be issued first"),
+            ("VRFY someone", "502 5.5.1 Command unimplemented"),
+            ("FROBNICATE", "502 5.5.1 Command unimplemented"),
+        ],
     );
     // non-UTF-8 command
     smtp.send_raw(b"EHLO \xff\xfe\r\n").unwrap();
-    assert!(
-        smtp.read_reply()
-            .unwrap()
-            .1
-            .starts_with("501 5.5.2 Invalid UTF-8 in command")
+    assert_eq!(
+        smtp.read_reply().unwrap().1,
+        "501 5.5.2 Invalid UTF-8 in command\r\n"
     );
-    // over-long command line
+    // over-long command line: one reply, and the rest of the line is not
+    // read as further commands
     smtp.send_raw(format!("NOOP {}\r\n", "x".repeat(2000)).as_bytes())
         .unwrap();
-    assert!(
-        smtp.read_reply()
-            .unwrap()
-            .1
-            .starts_with("500 5.2.3 line too long")
-    );
-    assert_eq!(smtp.command("MAIL FROM:<a@example.com>").unwrap().0, 250);
-    assert!(
-        smtp.command("MAIL FROM:<a@example.com>")
-            .unwrap()
-            .1
-            .starts_with("503 5.5.0 MAIL FROM already issued")
-    );
-    assert!(
-        smtp.command("RCPT TO:<x@example.com:2025>")
-            .unwrap()
-            .1
-            .starts_with("501 5.1.3")
-    );
-    assert!(
-        smtp.command("DATA")
-            .unwrap()
-            .1
-            .starts_with("503 5.5.0 RCPT TO must be issued first")
+    assert_eq!(smtp.read_reply().unwrap().1, "500 5.2.3 line too long\r\n");
+    expect_replies(
+        &mut smtp,
+        &[
+            ("NOOP", NOOP_REPLY.trim_end()),
+            ("MAIL FROM:<a@example.com>", "250 OK <a@example.com>"),
+            (
+                "MAIL FROM:<a@example.com>",
+                "503 5.5.0 MAIL FROM already issued; you must RSET first",
+            ),
+            (
+                "RCPT TO:<x@example.com:2025>",
+                "501 5.1.3 Invalid recipient address syntax",
+            ),
+            ("DATA", "503 5.5.0 RCPT TO must be issued first"),
+        ],
     );
     assert_eq!(smtp.command("RCPT TO:<x@example.com>").unwrap().0, 250);
     assert_eq!(smtp.command("DATA").unwrap().0, 354);
     // DATA line over 998 bytes
     smtp.send_raw(format!("Subject: long\r\n\r\n{}\r\n", "y".repeat(1200)).as_bytes())
         .unwrap();
-    assert!(
-        smtp.command(".")
-            .unwrap()
-            .1
-            .starts_with("500 5.2.3 line too long")
-    );
+    assert_eq!(smtp.command(".").unwrap().1, "500 5.2.3 line too long\r\n");
     // the session is still usable
-    assert_eq!(smtp.command("NOOP").unwrap().0, 250);
+    assert_eq!(smtp.command("NOOP").unwrap().1, NOOP_REPLY);
+
+    // the boundary: 998 bytes (without the CRLF) pass, 999 do not
+    let mut accepted = Vec::new();
+    for (len, subject) in [(998, "exactly 998"), (999, "one too many")] {
+        assert_eq!(smtp.command("MAIL FROM:<a@example.com>").unwrap().0, 250);
+        assert_eq!(smtp.command("RCPT TO:<x@example.com>").unwrap().0, 250);
+        assert_eq!(smtp.command("DATA").unwrap().0, 354);
+        smtp.send_raw(format!("Subject: {subject}\r\n\r\n{}\r\n", "y".repeat(len)).as_bytes())
+            .unwrap();
+        let (code, reply) = smtp.command(".").unwrap();
+        if len == 998 {
+            assert_eq!(code, 250, "{reply}");
+            let ids = ids_from(&reply);
+            assert_eq!(reply, format!("250 OK ids={}\r\n", ids[0]));
+            accepted.extend(ids);
+        } else {
+            assert_eq!(reply, "500 5.2.3 line too long\r\n");
+        }
+        // exactly one reply per message: the next one is the NOOP's
+        assert_eq!(smtp.command("NOOP").unwrap().1, NOOP_REPLY);
+    }
+    // the transaction was consumed by the refusal (no RSET needed)
+    assert_eq!(
+        smtp.command("MAIL FROM:<a@example.com>").unwrap().1,
+        "250 OK <a@example.com>\r\n"
+    );
+    assert_eq!(smtp.command("QUIT").unwrap().0, 221);
+    // another client is served afterwards
+    accepted.push(send_control_message(&server, "other@example.com"));
+
+    let dir = server.stop();
+    // only the 998-byte message and the other client's were received
+    let records = read_records(dir.path());
+    let mut received: Vec<String> = records
+        .iter()
+        .filter(|r| r["type"] == "Reception")
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    received.sort();
+    accepted.sort();
+    assert_eq!(received, accepted, "{records:?}");
+    assert_eq!(spooled_ids(dir.path(), "data", "LocalDisk"), accepted);
 }
 
-#[test]
-fn smuggled_terminator_never_ends_a_message() {
-    let server = start("LocalDisk");
+/// The DATA ends only at `<CRLF>.<CRLF>`: a `<LF>.<LF>` followed by a
+/// whole second transaction stays part of the first message, whatever
+/// `invalid_line_endings` (`mode`) then does with the bare LFs. Exactly one
+/// reply answers the DATA, so none of the smuggled commands was executed.
+fn smuggled_terminator_never_ends_a_message(mode: &str) {
+    let extra = format!(", invalid_line_endings = '{mode}'");
+    let server = Builder::new(policy("LocalDisk", &extra))
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
     let mut smtp = server.smtp().unwrap();
     smtp.read_reply().unwrap();
     smtp.command("EHLO c").unwrap();
-    smtp.command("MAIL FROM:<a@example.com>").unwrap();
-    smtp.command("RCPT TO:<b@example.com>").unwrap();
+    assert_eq!(smtp.command("MAIL FROM:<a@example.com>").unwrap().0, 250);
+    assert_eq!(smtp.command("RCPT TO:<b@example.com>").unwrap().0, 250);
     assert_eq!(smtp.command("DATA").unwrap().0, 354);
     // <LF>.<LF> followed by a smuggled second transaction
-    smtp.send_raw(b"Subject: s\r\n\r\nhello\n.\nMAIL FROM:<evil@example.com>\r\n")
+    const SMUGGLED: &str = "MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n";
+    smtp.send_raw(format!("Subject: s\r\n\r\nhello\n.\n{SMUGGLED}").as_bytes())
         .unwrap();
     let (code, reply) = smtp.command(".").unwrap();
-    assert_eq!(
-        code, 552,
-        "bare LF is refused under the default Deny: {reply}"
-    );
-    assert!(reply.contains("5.6.0"), "{reply}");
-    // exactly one reply came back: the smuggled MAIL was part of the data
-    assert_eq!(smtp.command("NOOP").unwrap().0, 250);
+    // Exactly one reply came back for the whole DATA: had the message ended
+    // at <LF>.<LF>, the replies to the smuggled MAIL, RCPT and DATA would
+    // be waiting, and these NOOPs would read them.
+    assert_eq!(smtp.command("NOOP").unwrap().1, NOOP_REPLY);
+    assert_eq!(smtp.command("NOOP").unwrap().1, NOOP_REPLY);
+    assert_eq!(smtp.command("QUIT").unwrap().0, 221);
+
+    let dir = server.stop();
+    let records = read_records(dir.path());
+    let receptions = common::of_type(&records, "Reception");
+    if mode == "Deny" {
+        assert_eq!(
+            reply, "552 5.6.0 message data must use CRLF for line endings\r\n",
+            "bare LF is refused under Deny"
+        );
+        assert!(receptions.is_empty(), "{records:?}");
+        assert!(
+            records
+                .iter()
+                .any(|r| r["type"] == "Rejection" && r["response"]["code"] == 552),
+            "{records:?}"
+        );
+        assert!(spooled_ids(dir.path(), "data", "LocalDisk").is_empty());
+        return;
+    }
+    // one message, for the real recipient only, holding the smuggled text
+    assert_eq!(code, 250, "{reply}");
+    let ids = ids_from(&reply);
+    assert_eq!(ids.len(), 1, "{reply}");
+    assert_eq!(reply, format!("250 OK ids={}\r\n", ids[0]));
+    assert_eq!(receptions.len(), 1, "{records:?}");
+    assert_eq!(receptions[0]["id"], ids[0].as_str());
+    assert_eq!(receptions[0]["recipient"], "b@example.com");
+    assert_eq!(spooled_ids(dir.path(), "data", "LocalDisk"), ids);
+    let data = open_spool(dir.path(), "data", "LocalDisk");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let id: tern_types::SpoolId = ids[0].parse().unwrap();
+    let text = String::from_utf8(rt.block_on(data.load(id)).unwrap()).unwrap();
+    let body = match mode {
+        "Fix" => format!("\r\n\r\nhello\r\n.\r\n{SMUGGLED}"),
+        _ => format!("\r\n\r\nhello\n.\n{SMUGGLED}"),
+    };
+    assert!(text.ends_with(&body), "{text:?}");
 }
 
+#[test]
+fn smuggled_terminator_is_refused_under_deny() {
+    smuggled_terminator_never_ends_a_message("Deny");
+}
+
+#[test]
+fn smuggled_terminator_stays_in_the_message_under_allow() {
+    smuggled_terminator_never_ends_a_message("Allow");
+}
+
+#[test]
+fn smuggled_terminator_stays_in_the_message_under_fix() {
+    smuggled_terminator_never_ends_a_message("Fix");
+}
+
+/// A client that vanishes mid-DATA leaves no Reception and nothing in the
+/// spool, while a complete message from another client on the same server
+/// is received, logged and spooled (so the log and spool checks can see a
+/// message when there is one).
 #[test]
 fn client_disconnecting_mid_data_leaves_nothing() {
     let server = start("LocalDisk");
     let mut smtp = server.smtp().unwrap();
     smtp.read_reply().unwrap();
-    smtp.command("EHLO c").unwrap();
-    smtp.command("MAIL FROM:<a@example.com>").unwrap();
-    smtp.command("RCPT TO:<b@example.com>").unwrap();
-    smtp.command("DATA").unwrap();
+    assert_eq!(smtp.command("EHLO c").unwrap().0, 250);
+    assert_eq!(smtp.command("MAIL FROM:<a@example.com>").unwrap().0, 250);
+    assert_eq!(
+        smtp.command("RCPT TO:<aborted@example.com>").unwrap().0,
+        250
+    );
+    assert_eq!(smtp.command("DATA").unwrap().0, 354);
     smtp.send_raw(b"Subject: partial\r\n\r\nnot finished")
         .unwrap();
     drop(smtp);
-    std::thread::sleep(Duration::from_millis(200));
-    // the server keeps serving others
-    let mut other = server.smtp().unwrap();
-    assert_eq!(other.read_reply().unwrap().0, 220);
+    // the server keeps serving others: a whole transaction, logged
+    let control = send_control_message(&server, "control@example.com");
+    wait_for_receptions(&server, 1);
     let dir = server.stop();
-    let records = read_records(dir.path());
-    assert!(
-        records.iter().all(|r| r["type"] != "Reception"),
-        "{records:?}"
-    );
+    // nothing of the aborted message was logged or spooled
+    assert_only_the_control_was_received(dir.path(), &control);
 }
 
+/// An idle client gets `421 4.3.2 <hostname> idle too long` after
+/// `client_timeout` and is disconnected; meanwhile another client is
+/// served in full.
 #[test]
 fn idle_client_is_timed_out() {
+    let server = Builder::new(policy("LocalDisk", ", client_timeout = '2s'"))
+        .binary(env!("CARGO_BIN_EXE_tern"))
+        .start()
+        .unwrap();
+    let connected = Instant::now();
+    let mut smtp = server.smtp().unwrap();
+    smtp.read_reply().unwrap();
+    // Another client completes a transaction while this one idles (no
+    // upper bound on its time: a shared CI machine can be slow to sync).
+    send_control_message(&server, "other@example.com");
+    let (code, text) = smtp.read_reply().unwrap();
+    assert_eq!(code, 421, "{text}");
+    assert_eq!(text, "421 4.3.2 mx.test idle too long\r\n");
+    assert!(
+        connected.elapsed() >= Duration::from_millis(1900),
+        "timed out after only {:?}",
+        connected.elapsed()
+    );
+    assert!(smtp.is_closed());
+}
+
+/// `client_timeout` also applies inside DATA: a client that stalls after
+/// some body lines gets `421 4.3.2 <hostname> idle too long`, is
+/// disconnected, and nothing of its message is received or spooled (a
+/// complete message from another client is, as a control).
+#[test]
+fn client_stalling_in_data_is_timed_out() {
     let server = Builder::new(policy("LocalDisk", ", client_timeout = '1s'"))
         .binary(env!("CARGO_BIN_EXE_tern"))
         .start()
         .unwrap();
     let mut smtp = server.smtp().unwrap();
     smtp.read_reply().unwrap();
+    assert_eq!(smtp.command("EHLO c").unwrap().0, 250);
+    assert_eq!(smtp.command("MAIL FROM:<a@example.com>").unwrap().0, 250);
+    assert_eq!(
+        smtp.command("RCPT TO:<stalled@example.com>").unwrap().0,
+        250
+    );
+    assert_eq!(smtp.command("DATA").unwrap().0, 354);
+    smtp.send_raw(b"Subject: stalled\r\n\r\nline one\r\nline two\r\n")
+        .unwrap();
     let (code, text) = smtp.read_reply().unwrap();
     assert_eq!(code, 421, "{text}");
-    assert!(text.contains("4.3.2 mx.test idle too long"), "{text}");
+    assert_eq!(text, "421 4.3.2 mx.test idle too long\r\n");
     assert!(smtp.is_closed());
+
+    let control = send_control_message(&server, "control@example.com");
+    wait_for_receptions(&server, 1);
+    let dir = server.stop();
+    assert_only_the_control_was_received(dir.path(), &control);
 }
 
+/// An oversized message gets exactly `552 5.3.4 message too big`, once:
+/// the rest of its data is read and dropped up to the terminator (not
+/// taken as commands), so the session and the server go on working.
 #[test]
 fn oversized_message_is_refused() {
     let server = Builder::new(policy("LocalDisk", ", max_message_size = 1000"))
@@ -391,14 +587,22 @@ fn oversized_message_is_refused() {
     smtp.command("EHLO c").unwrap();
     smtp.command("MAIL FROM:<a@example.com>").unwrap();
     smtp.command("RCPT TO:<b@example.com>").unwrap();
-    smtp.command("DATA").unwrap();
+    assert_eq!(smtp.command("DATA").unwrap().0, 354);
     for _ in 0..50 {
         smtp.send_raw(format!("{}\r\n", "z".repeat(100)).as_bytes())
             .unwrap();
     }
+    // past the limit: lines that would be commands if they were read as such
+    smtp.send_raw(b"RSET\r\nMAIL FROM:<evil@example.com>\r\n")
+        .unwrap();
     let (code, text) = smtp.command(".").unwrap();
     assert_eq!(code, 552, "{text}");
-    assert!(text.contains("5.3.4 message too big"), "{text}");
+    assert_eq!(text, "552 5.3.4 message too big\r\n");
+    // the next reply is the NOOP's: nothing of the data was a command
+    assert_eq!(smtp.command("NOOP").unwrap().1, NOOP_REPLY);
+    assert_eq!(smtp.command("NOOP").unwrap().1, NOOP_REPLY);
+    // a normal message from another client is accepted
+    send_control_message(&server, "other@example.com");
 }
 
 #[test]
@@ -419,24 +623,53 @@ fn relaying_is_refused_for_untrusted_peers() {
     );
 }
 
+/// Beyond `max_connections` a client gets exactly
+/// `421 4.3.2 <hostname> too many concurrent sessions. Try later` and is
+/// disconnected; the sessions already open keep working, and a slot freed
+/// by a closed session is given to the next client.
 #[test]
 fn max_connections_is_enforced() {
     let server = Builder::new(policy("LocalDisk", ", max_connections = 2"))
         .binary(env!("CARGO_BIN_EXE_tern"))
         .start()
         .unwrap();
+    const BANNER: &str = "220 mx.test KumoMTA\r\n";
+    const REFUSAL: &str = "421 4.3.2 mx.test too many concurrent sessions. Try later\r\n";
     let mut a = server.smtp().unwrap();
     let mut b = server.smtp().unwrap();
-    assert_eq!(a.read_reply().unwrap().0, 220);
-    assert_eq!(b.read_reply().unwrap().0, 220);
+    assert_eq!(a.read_reply().unwrap().1, BANNER);
+    assert_eq!(b.read_reply().unwrap().1, BANNER);
     let mut c = server.smtp().unwrap();
     let (code, text) = c.read_reply().unwrap();
     assert_eq!(code, 421, "{text}");
-    assert!(text.contains("too many concurrent sessions"), "{text}");
+    assert_eq!(text, REFUSAL);
+    assert!(c.is_closed());
+    // at the limit, the open sessions are still served
+    assert_eq!(a.command("NOOP").unwrap().1, NOOP_REPLY);
+    assert_eq!(b.command("EHLO b").unwrap().0, 250);
+    let (code, reply) = b
+        .send_message(
+            "a@example.com",
+            "b@example.com",
+            b"Subject: x\r\n\r\nbody\r\n",
+        )
+        .unwrap();
+    assert_eq!(code, 250, "{reply}");
+    assert!(reply.starts_with("250 OK ids="), "{reply}");
     drop(a);
-    std::thread::sleep(Duration::from_millis(200));
-    let mut d = server.smtp().unwrap();
-    assert_eq!(d.read_reply().unwrap().0, 220);
+    // the server notices the close asynchronously: retry until the slot is free
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut d = server.smtp().unwrap();
+        let (_, text) = d.read_reply().unwrap();
+        if text == BANNER {
+            assert_eq!(d.command("NOOP").unwrap().1, NOOP_REPLY);
+            break;
+        }
+        assert_eq!(text, REFUSAL);
+        assert!(Instant::now() < deadline, "the freed slot was never reused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
