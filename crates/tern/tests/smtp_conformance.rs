@@ -272,6 +272,15 @@ fn message_with_subject(messages: &[Vec<u8>], subject: &str) -> Vec<u8> {
         .clone()
 }
 
+/// The bytes of `message` from the first occurrence of `header` on.
+fn from_header<'a>(message: &'a [u8], header: &str) -> &'a [u8] {
+    let at = message
+        .windows(header.len())
+        .position(|w| w == header.as_bytes())
+        .unwrap_or_else(|| panic!("no {header:?} in {:?}", String::from_utf8_lossy(message)));
+    &message[at..]
+}
+
 /// The bytes of `message` from its `Subject:` header on.
 fn from_subject(message: &[u8]) -> &[u8] {
     let at = message
@@ -513,6 +522,94 @@ end)
 // ---------------------------------------------------------------------
 // 3. Recipient limits
 // ---------------------------------------------------------------------
+
+/// Listener options set away from their defaults take effect (the
+/// defaults are covered by the other tests): `max_recipients_per_message`,
+/// `line_length_hard_limit` for command and DATA lines, and
+/// `trace_headers` with `received_header = false`, another `header_name`
+/// and `include_meta_names` (a name that is set, and one that is not).
+#[test]
+fn non_default_limits_and_trace_headers_take_effect() {
+    let listener = "max_recipients_per_message = 3, line_length_hard_limit = 100,
+      trace_headers = { received_header = false, header_name = 'X-Tern-Ref',
+                        include_meta_names = { 'x_tag', 'x_unset' } },";
+    let handlers = format!(
+        "{MAILDIR_QUEUE}
+kumo.on('smtp_server_message_received', function(msg)
+  msg:set_meta('x_tag', 'tagged')
+end)
+"
+    );
+    let server = start(policy(listener, &handlers));
+    let mut c = Conn::greeted(server.listener("smtp"));
+    // A command line of exactly 100 bytes is read; 101 is too long.
+    assert_eq!(
+        c.cmd(&format!("NOOP {}", "x".repeat(95))),
+        "250 the goggles do nothing\r\n"
+    );
+    assert_eq!(
+        c.cmd(&format!("NOOP {}", "x".repeat(96))),
+        "500 5.2.3 line too long\r\n"
+    );
+
+    // Three recipients, then the limit; DATA lines of 100 bytes pass.
+    assert!(c.cmd("MAIL FROM:<a@example.com>").starts_with("250 "));
+    for n in 1..=3 {
+        let reply = c.cmd(&format!("RCPT TO:<r{n}@example.com>"));
+        assert!(reply.starts_with("250 "), "{reply:?}");
+    }
+    assert_eq!(
+        c.cmd("RCPT TO:<r4@example.com>"),
+        "452 4.5.3 too many recipients\r\n"
+    );
+    assert_eq!(c.cmd("DATA"), "354 Send body; end with CRLF.CRLF\r\n");
+    let long_line = "y".repeat(100);
+    c.send(format!("Subject: limits\r\n\r\n{long_line}\r\n").as_bytes());
+    let reply = c.cmd(".");
+    assert_eq!(ids_from(&reply).len(), 3, "{reply:?}");
+
+    // A DATA line of 101 bytes refuses the message.
+    let body = format!("Subject: too long\r\n\r\n{long_line}z\r\n");
+    assert_eq!(
+        c.transaction("a@example.com", &["r1@example.com"], body.as_bytes()),
+        "500 5.2.3 line too long\r\n"
+    );
+    assert_eq!(c.cmd("NOOP"), "250 the goggles do nothing\r\n");
+
+    // Each of the three messages starts with the renamed supplemental
+    // header and has no Received header.
+    let stored = maildir_messages(&server, 3);
+    let mut recipients = Vec::new();
+    for message in &stored {
+        let text = String::from_utf8_lossy(from_header(message, "X-Tern-Ref: ")).into_owned();
+        assert!(!text.contains("\r\nReceived: "), "{text}");
+        let mut lines = text.split("\r\n");
+        let mut token = lines.next().unwrap()["X-Tern-Ref: ".len()..].to_string();
+        for line in lines.take_while(|l| l.starts_with([' ', '\t'])) {
+            token.push_str(line.trim());
+        }
+        use base64::Engine as _;
+        let json = base64::engine::general_purpose::STANDARD
+            .decode(token.trim())
+            .unwrap();
+        let mut payload: Value = serde_json::from_slice(&json).unwrap();
+        recipients.push(payload["recipient"].take());
+        assert_eq!(
+            payload,
+            serde_json::json!({"_@_": "\\_/", "recipient": null, "x_tag": "tagged"})
+        );
+    }
+    recipients.sort_by_key(|r| r.to_string());
+    assert_eq!(
+        recipients,
+        ["r1@example.com", "r2@example.com", "r3@example.com"]
+    );
+    assert!(
+        stored
+            .iter()
+            .all(|m| !String::from_utf8_lossy(m).contains("Subject: too long"))
+    );
+}
 
 #[test]
 fn two_thousand_recipients_in_one_transaction() {

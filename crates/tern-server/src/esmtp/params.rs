@@ -331,6 +331,30 @@ mod tests {
         assert!(!c.base.allow_xclient);
         assert!(!c.base.require_proxy_protocol);
         assert_eq!(c.base.client_timeout, Duration::from_secs(60));
+        assert_eq!(c.base.hostname, None);
+        assert_eq!(c.base.max_message_size, 20 * 1024 * 1024);
+        assert_eq!(c.base.max_recipients_per_message, 1024);
+        assert_eq!(c.base.max_messages_per_connection, 10_000);
+        assert_eq!(c.base.data_buffer_size, 128 * 1024);
+        assert_eq!(c.base.data_processing_timeout, Duration::from_secs(300));
+        assert_eq!(c.base.invalid_line_endings, InvalidLineEndings::Deny);
+        assert_eq!(c.base.line_length_hard_limit, 998);
+        assert!(!c.base.deferred_spool);
+        assert!(!c.base.deferred_queue);
+        assert!(c.base.tls_certificate.is_none() && c.base.tls_private_key.is_none());
+        assert!(c.base.tls_required_client_ca.is_none());
+        assert_eq!(c.base.batch_handling, BatchHandling::BifurcateAlways);
+        assert!(c.base.meta.is_empty() && c.base.peer.is_none() && c.base.via.is_none());
+        let trace = &c.base.trace_headers;
+        assert!(trace.received_header && trace.supplemental_header);
+        assert_eq!(trace.header_name, "X-KumoRef");
+        assert!(trace.include_meta_names.is_empty());
+        let relays: Vec<std::net::IpAddr> =
+            vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+        for ip in relays {
+            assert!(c.base.relay_hosts.contains(ip), "{ip}");
+        }
+        assert!(!c.base.relay_hosts.contains("10.0.0.1".parse().unwrap()));
     }
 
     #[test]
