@@ -43,20 +43,12 @@ kumo.on('smtp_server_message_received', function(msg)
     msg:save()
   end
 end)
-kumo.on('get_queue_config', function()
-  return kumo.make_queue_config {{
-    retry_interval = '1h',
-    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{closed_port}' }} }} }},
-  }}
-end)
-kumo.on('get_egress_path_config', function()
-  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled' }}
-end)
-"#,
+{routed}"#,
         head = policy_head_with_listener(
             "LocalDisk",
             "relay_hosts = { '127.0.0.1' }, deferred_spool = true"
-        )
+        ),
+        routed = routed(closed_port, "1h"),
     );
     let server = start_tern(policy);
     let mut smtp = server.smtp().unwrap();

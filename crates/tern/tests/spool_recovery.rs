@@ -40,23 +40,6 @@ kumo.on('get_queue_config', function()
 end)
 "#;
 
-/// Queues with `retry_interval` that deliver to `[127.0.0.1]:port`.
-fn routed(port: u16, retry_interval: &str) -> String {
-    format!(
-        r#"
-kumo.on('get_queue_config', function()
-  return kumo.make_queue_config {{
-    retry_interval = '{retry_interval}',
-    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{port}' }} }} }},
-  }}
-end)
-kumo.on('get_egress_path_config', function()
-  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled' }}
-end)
-"#
-    )
-}
-
 /// Opens a spool in this process. The helpers open and drop the same
 /// spool again and again; another test of this binary may be starting a
 /// server at that moment, and between `fork` and `exec` that child shares

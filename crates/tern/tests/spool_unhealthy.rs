@@ -82,16 +82,8 @@ kumo.on('init', function()
   kumo.configure_local_logs {{ log_dir = '{{dir}}/logs', max_segment_duration = '1s' }}
   kumo.start_esmtp_listener {{ listen = '127.0.0.1:0', hostname = 'mx.test', relay_hosts = {{ '127.0.0.1' }} }}
 end)
-kumo.on('get_queue_config', function()
-  return kumo.make_queue_config {{
-    retry_interval = '2s',
-    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{closed_port}' }} }} }},
-  }}
-end)
-kumo.on('get_egress_path_config', function()
-  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled' }}
-end)
-"#
+{routed}"#,
+        routed = routed(closed_port, "2s"),
     );
     let server = Builder::new(policy)
         .binary(env!("CARGO_BIN_EXE_tern"))

@@ -126,6 +126,23 @@ end)
     )
 }
 
+/// Policy handlers: queues with `retry_interval` that deliver to `[127.0.0.1]:port`.
+pub fn routed(port: u16, retry_interval: &str) -> String {
+    format!(
+        r#"
+kumo.on('get_queue_config', function()
+  return kumo.make_queue_config {{
+    retry_interval = '{retry_interval}',
+    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{port}' }} }} }},
+  }}
+end)
+kumo.on('get_egress_path_config', function()
+  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled' }}
+end)
+"#
+    )
+}
+
 /// Start the real `tern serve` on `policy` in a fresh folder.
 pub fn start_tern(policy: impl Into<String>) -> tern_testkit::TernServer {
     tern_testkit::Builder::new(policy)
