@@ -201,9 +201,13 @@ pub(crate) fn options(params: &RocksParams) -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     // Reused WAL files are overwritten in place, so the sync before each
-    // 250 does not also have to journal a file-size change: on ext4 that
-    // halves the cost of an fdatasync (measured: 49 vs 80 µs of system
-    // time, 101 vs 185 µs of wall time per sync).
+    // 250 does not also have to write a file-size change (on ext4 about
+    // half the cost of an fdatasync). Debian's RocksDB 7.8 ignores this
+    // under its default point-in-time recovery (its LOG says
+    // `recycle_log_file_num: 0`); upstream made the two compatible in 9.x,
+    // where it takes effect. The one 7.8 mode that keeps reuse, skipping
+    // corrupt records, was tried and rejected: after a kill -9 its
+    // recovery of a reused WAL can spin forever (docs/spool.md).
     opts.set_recycle_log_file_num(4);
     if let Some(threads) = params.increase_parallelism {
         opts.increase_parallelism(threads);

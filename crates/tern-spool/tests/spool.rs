@@ -390,17 +390,36 @@ fn a_second_process_is_refused_with_the_holders_pid() {
     }
 }
 
+/// A RocksDB spool whose memtable holds only 64 KiB, so that its WAL is
+/// switched and its memtable flushed every few dozen stores.
+fn small_wal_config(path: &Path) -> SpoolConfig {
+    serde_json::from_value(serde_json::json!({
+        "name": "data", "path": path, "kind": "RocksDB",
+        "rocks_params": {"write_buffer_size": 65536}
+    }))
+    .unwrap()
+}
+
 #[test]
 fn kill_dash_9_loses_nothing_acknowledged() {
+    // (kind, LocalDisk sync strategy, whether RocksDB switches WALs often)
     let cases = [
-        (SpoolKind::LocalDisk, LocalDiskSync::SyncFs),
-        (SpoolKind::LocalDisk, LocalDiskSync::PerFile),
-        (SpoolKind::RocksDB, LocalDiskSync::default()),
+        (SpoolKind::LocalDisk, LocalDiskSync::SyncFs, false),
+        (SpoolKind::LocalDisk, LocalDiskSync::PerFile, false),
+        (SpoolKind::RocksDB, LocalDiskSync::default(), false),
+        (SpoolKind::RocksDB, LocalDiskSync::default(), true),
     ];
-    for (kind, sync) in cases {
+    for (kind, sync, small_wal) in cases {
+        // With small WALs the same spool is killed twice: each run switches
+        // WALs and flushes memtables many times, the second run starts from
+        // a recovery of the first, and the last check must find what both
+        // runs acknowledged.
+        let shared = tempfile::tempdir().unwrap();
+        let mut acked_before = Vec::new();
         for round in 0..2 {
-            let dir = tempfile::tempdir().unwrap();
-            let mut child = spawn_child_with("store", dir.path(), kind, sync);
+            let own = tempfile::tempdir().unwrap();
+            let dir = if small_wal { shared.path() } else { own.path() };
+            let mut child = spawn_child_with("store", dir, kind, sync, small_wal);
             let stdout = child.stdout.take().unwrap();
             let reader = std::thread::spawn(move || {
                 let mut acked = Vec::new();
@@ -418,12 +437,21 @@ fn kill_dash_9_loses_nothing_acknowledged() {
             std::thread::sleep(Duration::from_millis(delay));
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
-            let acked = reader.join().unwrap();
+            let mut acked = reader.join().unwrap();
             assert!(!acked.is_empty(), "{kind:?}: child acknowledged nothing");
+            if small_wal {
+                acked_before.extend(acked.iter().copied());
+                acked = acked_before.clone();
+            }
 
             let rt = tokio::runtime::Runtime::new().unwrap();
             rt.block_on(async {
-                let spool = Spool::open(&config(dir.path(), kind)).unwrap();
+                let cfg = if small_wal {
+                    small_wal_config(dir)
+                } else {
+                    config(dir, kind)
+                };
+                let spool = open_unlocked(&cfg).unwrap();
                 let found = collect(&spool).await;
                 for id in &acked {
                     let data = found
@@ -437,7 +465,7 @@ fn kill_dash_9_loses_nothing_acknowledged() {
                     assert_eq!(data, &body_for(*id), "{kind:?}: unacknowledged {id} torn");
                 }
                 eprintln!(
-                    "{kind:?}/{sync:?}: {} acknowledged, {} found",
+                    "{kind:?}/{sync:?}/small WAL {small_wal}: {} acknowledged, {} found",
                     acked.len(),
                     found.len()
                 );
@@ -637,7 +665,7 @@ fn open_unlocked(cfg: &SpoolConfig) -> Result<Spool, SpoolError> {
 }
 
 fn spawn_child(mode: &str, path: &Path, kind: SpoolKind) -> std::process::Child {
-    spawn_child_with(mode, path, kind, LocalDiskSync::default())
+    spawn_child_with(mode, path, kind, LocalDiskSync::default(), false)
 }
 
 fn spawn_child_with(
@@ -645,9 +673,14 @@ fn spawn_child_with(
     path: &Path,
     kind: SpoolKind,
     sync: LocalDiskSync,
+    small_wal: bool,
 ) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
         .env("TERN_SPOOL_CHILD_SYNC", format!("{sync:?}"))
+        .env(
+            "TERN_SPOOL_CHILD_SMALL_WAL",
+            if small_wal { "1" } else { "" },
+        )
         .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
         .env("TERN_SPOOL_CHILD", mode)
         .env("TERN_SPOOL_CHILD_PATH", path)
@@ -674,7 +707,12 @@ fn child_entry() {
         Ok("PerFile") => LocalDiskSync::PerFile,
         _ => LocalDiskSync::SyncFs,
     };
-    let spool = Arc::new(Spool::open_with(&config(Path::new(&path), kind), sync).unwrap());
+    let cfg = if std::env::var("TERN_SPOOL_CHILD_SMALL_WAL").as_deref() == Ok("1") {
+        small_wal_config(Path::new(&path))
+    } else {
+        config(Path::new(&path), kind)
+    };
+    let spool = Arc::new(Spool::open_with(&cfg, sync).unwrap());
     match mode.as_str() {
         "hold" => {
             println!("READY");
