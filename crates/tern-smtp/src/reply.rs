@@ -495,6 +495,12 @@ impl Reply {
         Self::new(334, None, "")
     }
 
+    /// `500 5.5.6 authentication exchange line too long` (the line after
+    /// `334 ` exceeded 16384 bytes).
+    pub fn auth_line_too_long() -> Self {
+        Self::new(500, enh(5, 5, 6), "authentication exchange line too long")
+    }
+
     /// `501 5.5.0 AUTH cancelled by client`
     pub fn auth_cancelled() -> Self {
         Self::new(501, enh(5, 5, 0), "AUTH cancelled by client")
@@ -869,6 +875,10 @@ mod tests {
             (
                 Reply::auth_requires_tls(),
                 "524 5.7.11 AUTH PLAIN requires an encrypted channel\r\n",
+            ),
+            (
+                Reply::auth_line_too_long(),
+                "500 5.5.6 authentication exchange line too long\r\n",
             ),
             (
                 Reply::auth_cancelled(),

@@ -421,6 +421,23 @@ fn xclient_from_a_stranger_is_refused() {
         (code, text.as_str()),
         (550, "550 insufficient authorization\r\n")
     );
+    // Whatever the arguments: a stranger learns nothing from a syntax
+    // error, and nothing is changed by XCLIENT inside a transaction.
+    for line in ["XCLIENT", "XCLIENT ADDR", "XCLIENT ADDR=+zz"] {
+        let (code, text) = smtp.command(line).unwrap();
+        assert_eq!(
+            (code, text.as_str()),
+            (550, "550 insufficient authorization\r\n"),
+            "{line}"
+        );
+    }
+    assert_eq!(smtp.command("MAIL FROM:<a@example.com>").unwrap().0, 250);
+    let (code, text) = smtp.command("XCLIENT ADDR=10.1.1.1").unwrap();
+    assert_eq!(
+        (code, text.as_str()),
+        (550, "550 insufficient authorization\r\n")
+    );
+    assert_eq!(smtp.command("RSET").unwrap().0, 250);
     let (_, text) = smtp.command("MAIL FROM:<whoami@example.com>").unwrap();
     assert!(text.contains("from=127.0.0.1:"), "unchanged: {text}");
     assert!(text.contains("orig_from=nil"), "{text}");

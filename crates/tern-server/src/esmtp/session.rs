@@ -382,7 +382,9 @@ impl Session {
     /// `peer`/`via` blocks, then `smtp_server_get_dynamic_parameters`.
     /// A bad parameter set ends the session with `421 4.3.0`.
     async fn refresh_params(&mut self) -> Step {
-        let listener_addr = self.listener.local_addr.to_string();
+        // The address the client reached (after XCLIENT/PROXY: the one
+        // they name), not the wildcard the listener may be bound to.
+        let listener_addr = self.local.to_string();
         let meta = self.meta.clone();
         let dynamic = self
             .state
@@ -814,13 +816,13 @@ impl Session {
             relay: self.params.relay_hosts.contains(self.peer.ip()),
             ..RelayDecision::default()
         };
-        if !decision.relay
-            && let Some(domain) = sender_domain.filter(|d| !d.is_empty())
-        {
+        // Asked even when relay_hosts already allows, as KumoMTA does: the
+        // policy may refuse a sender domain (kumo.reject) for everyone.
+        if let Some(domain) = sender_domain.filter(|d| !d.is_empty()) {
             let Some(rules) = self.listener_domain(domain, command).await? else {
                 return Ok(None);
             };
-            decision.relay = rules.is_some_and(|r| r.relay_from.contains(self.peer.ip()));
+            decision.relay |= rules.is_some_and(|r| r.relay_from.contains(self.peer.ip()));
         }
         let domain = recipient.domain().to_string();
         if !domain.is_empty() {
@@ -837,21 +839,21 @@ impl Session {
     }
 
     /// `get_listener_domain(domain, listener, conn_meta)`, remembered for
-    /// the session (§3.6). `Ok(None)`: the policy failed and that has been
-    /// answered; `Ok(Some(None))`: no rules for the domain.
+    /// the transaction (§3.6). `listener` is the local `ip:port` of the
+    /// connection. Answers are keyed by the domain exactly as written: the
+    /// policy sees the client's spelling and may compare it case-sensitively,
+    /// so `OPEN.example` must not reuse the answer for `open.example`.
+    /// `Ok(None)`: the policy failed and that has been answered;
+    /// `Ok(Some(None))`: no rules for the domain.
     async fn listener_domain(
         &mut self,
         domain: String,
         command: &str,
     ) -> Result<Option<Option<ListenerDomain>>, End> {
-        if let Some((_, rules)) = self
-            .listener_domains
-            .iter()
-            .find(|(d, _)| d.eq_ignore_ascii_case(&domain))
-        {
+        if let Some((_, rules)) = self.listener_domains.iter().find(|(d, _)| *d == domain) {
             return Ok(Some(rules.clone()));
         }
-        let listener = self.listener.local_addr.to_string();
+        let listener = self.local.to_string();
         let meta = self.meta.clone();
         let key = domain.clone();
         let result = self
@@ -958,7 +960,8 @@ impl Session {
     }
 
     /// The one line answering `334 ` (at most 16384 bytes). The inner
-    /// `Err` is the reply for a line that is too long.
+    /// `Err` is the reply for a line that is too long (KumoMTA's
+    /// `500 5.5.6`, not the `500 5.2.3` of a command line) or not UTF-8.
     async fn read_auth_response(&mut self) -> Result<Result<String, Reply>, End> {
         const AUTH_LINE_LIMIT: usize = 16384;
         self.lines.set_max_line_length(AUTH_LINE_LIMIT);
@@ -980,7 +983,7 @@ impl Session {
                 Ok(text) => Ok(text),
                 Err(_) => Err(Reply::auth_invalid_base64()),
             },
-            Err(too_long) => Err(too_long.reply()),
+            Err(_) => Err(Reply::auth_line_too_long()),
         })
     }
 
