@@ -546,9 +546,23 @@ impl UserData for Message {
         methods.add_method(
             "check_fix_conformance",
             |_, this, (checks, fixes, options): (String, String, Option<LuaValue>)| {
-                if options.is_some_and(|o| !o.is_nil()) {
+                // `include_encodings`/`exclude_encodings` only steer
+                // `detect_encoding`, so options without it change nothing.
+                let detect = match options {
+                    None | Some(LuaValue::Nil) => false,
+                    Some(LuaValue::Table(options)) => options
+                        .get::<Option<bool>>("detect_encoding")?
+                        .unwrap_or(false),
+                    Some(other) => {
+                        return Err(runtime_error(format!(
+                            "msg:check_fix_conformance: options must be a table, got {}",
+                            other.type_name()
+                        )));
+                    }
+                };
+                if detect {
                     return Err(runtime_error(
-                        "msg:check_fix_conformance options (detect_encoding, include_encodings, exclude_encodings) are not supported by Tern yet",
+                        "msg:check_fix_conformance option detect_encoding is not supported by Tern yet",
                     ));
                 }
                 this.check_fix_conformance(&checks, &fixes)
@@ -577,9 +591,16 @@ impl UserData for Message {
                 None => Ok(LuaValue::Nil),
             },
         );
+        // Returns the due time now in force (RFC 3339, or nil for "as soon
+        // as possible"), as KumoMTA's `set_due` does. A scheduling window
+        // is applied later, when the queue promotes the message.
         methods.add_method("set_due", |_, this, due: LuaValue| {
-            this.set_due(parse_due(due)?);
-            Ok(())
+            let due = parse_due(due)?;
+            this.set_due(due);
+            Ok(due.map(|due| {
+                chrono::DateTime::<chrono::Utc>::from(due)
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            }))
         });
         methods.add_method("queue_name", |_, this, ()| {
             this.queue_name().map_err(runtime_error)
@@ -873,7 +894,8 @@ mod tests {
             assert(msg:num_attempts() == 0)
             msg:increment_num_attempts()
             assert(msg:num_attempts() == 1)
-            msg:set_due('2030-01-02T03:04:05Z')
+            assert(msg:set_due('2030-01-02T03:04:05+01:00') == '2030-01-02T02:04:05Z')
+            assert(msg:set_due('2030-01-02T03:04:05Z') == '2030-01-02T03:04:05Z')
             msg:shrink()
             msg:set_force_sync(true)
             "#,
@@ -884,7 +906,7 @@ mod tests {
             Some(UNIX_EPOCH + Duration::from_secs(1_893_553_445))
         );
         assert!(msg.force_sync());
-        run(&lua, "msg:set_due(nil)");
+        run(&lua, "assert(msg:set_due(nil) == nil)");
         assert_eq!(msg.due(), None);
         assert!(lua.load("msg:set_due('tomorrow')").exec().is_err());
     }
@@ -903,7 +925,10 @@ mod tests {
             local ok, err = pcall(function() msg:check_fix_conformance('NOPE', '') end)
             assert(not ok and tostring(err):find("unknown conformance label 'NOPE'"))
             ok, err = pcall(function() msg:check_fix_conformance('', '', { detect_encoding = true }) end)
-            assert(not ok and tostring(err):find('not supported by Tern yet'))
+            assert(not ok and tostring(err):find('detect_encoding is not supported by Tern yet'), err)
+            ok, err = pcall(function() msg:check_fix_conformance('', '', 'utf-8') end)
+            assert(not ok and tostring(err):find('options must be a table'), err)
+            assert(msg:check_fix_conformance('', '', { detect_encoding = false, include_encodings = {} }) == nil)
             assert(msg:append_text_plain('-- footer\r\n') == true)
             assert(msg:get_data():find('Hello\r\n%-%- footer\r\n$'))
             assert(msg:append_text_html('<img>') == false)

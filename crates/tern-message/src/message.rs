@@ -280,13 +280,20 @@ impl Message {
     /// The scheduled queue name (spec §5.3): meta `queue` verbatim when it is
     /// a string, else `campaign:tenant@domain!routing_domain` built from the
     /// meta keys and the lowercased domain of the first recipient.
+    ///
+    /// A control key holding anything but a string (or `null`) is an error,
+    /// as in KumoMTA: quietly ignoring `msg:set_meta('tenant', 42)` would
+    /// route the message through the wrong queue's configuration.
     pub fn queue_name(&self) -> Result<String, String> {
         let state = self.0.state.lock();
         let meta_str = |key: &str| match state.meta.get(key) {
-            Some(Value::String(text)) => Some(text.as_str()),
-            _ => None,
+            Some(Value::String(text)) => Ok(Some(text.as_str())),
+            Some(Value::Null) | None => Ok(None),
+            Some(other) => Err(format!(
+                "meta '{key}' must be a string to name a queue, got {other}"
+            )),
         };
-        if let Some(queue) = meta_str("queue") {
+        if let Some(queue) = meta_str("queue")? {
             return Ok(queue.to_string());
         }
         let recipient = state
@@ -298,10 +305,10 @@ impl Message {
             return Err(format!("recipient '{}' has no domain", recipient.email()));
         }
         Ok(QueueName::new(
-            meta_str("campaign"),
-            meta_str("tenant"),
+            meta_str("campaign")?,
+            meta_str("tenant")?,
             domain,
-            meta_str("routing_domain"),
+            meta_str("routing_domain")?,
         )
         .to_string())
     }
@@ -473,11 +480,26 @@ mod tests {
                 "acme@example.com!outlook.com",
             ),
             (json!({"queue": "webhook", "tenant": "acme"}), "webhook"),
-            (json!({"tenant": 5}), "example.com"),
+            (json!({"tenant": null, "campaign": null}), "example.com"),
         ];
         for (meta, expected) in cases {
             let msg = sample(&["User@EXAMPLE.com", "x@other.com"], meta);
             assert_eq!(msg.queue_name().unwrap(), expected);
+        }
+        // A control key that is not a string is an error naming it, not a
+        // silently different queue.
+        for (meta, key) in [
+            (json!({"tenant": 5}), "tenant"),
+            (json!({"campaign": true, "tenant": "acme"}), "campaign"),
+            (json!({"routing_domain": ["a.com"]}), "routing_domain"),
+            (json!({"queue": {"name": "q"}}), "queue"),
+        ] {
+            let msg = sample(&["u@example.com"], meta);
+            let err = msg.queue_name().unwrap_err();
+            assert!(
+                err.contains(&format!("meta '{key}' must be a string")),
+                "{err}"
+            );
         }
         let literal = sample(&["u@[10.0.0.1]"], json!({}));
         assert_eq!(literal.queue_name().unwrap(), "[10.0.0.1]");

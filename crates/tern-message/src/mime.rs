@@ -800,13 +800,15 @@ impl Message {
     /// `msg:check_fix_conformance(CHECKS, FIXES)`: when a detected issue is
     /// in `checks`, return `Some("Message has conformance issues: ...")`;
     /// otherwise fix the detected issues listed in `fixes` and return `None`.
+    /// A label in both lists is fixed, not reported, as KumoMTA does: a
+    /// policy that names an issue as fixable never wants it rejected.
     pub fn check_fix_conformance(
         &self,
         checks: &str,
         fixes: &str,
     ) -> Result<Option<String>, String> {
-        let checks = parse_labels(checks)?;
         let fixes = parse_labels(fixes)?;
+        let checks = parse_labels(checks)? & !fixes;
         let message_id = format!("<{}@{}>", self.id(), message_id_domain(self));
         let mut report = None;
         self.edit_data(|data| {
@@ -1016,7 +1018,7 @@ mod tests {
         let data = CONFORMING.replace("short body", &"y".repeat(100));
         let m = msg(&data);
         let report = m
-            .check_fix_conformance("LINE_TOO_LONG|MISSING_DATE_HEADER", "LINE_TOO_LONG")
+            .check_fix_conformance("LINE_TOO_LONG|MISSING_DATE_HEADER", "MISSING_DATE_HEADER")
             .unwrap();
         assert_eq!(
             report.as_deref(),
@@ -1026,6 +1028,17 @@ mod tests {
         let err = m.check_fix_conformance("BOGUS", "").unwrap_err();
         assert!(err.contains("BOGUS"), "{err}");
         assert_eq!(m.check_fix_conformance("", "").unwrap(), None);
+    }
+
+    #[test]
+    fn an_issue_both_checked_and_fixed_is_fixed() {
+        let data = CONFORMING.replace("short body", &"y".repeat(100));
+        let m = msg(&data);
+        let report = m
+            .check_fix_conformance("LINE_TOO_LONG|MISSING_COLON_VALUE", "LINE_TOO_LONG")
+            .unwrap();
+        assert_eq!(report, None);
+        assert_eq!(format_labels(detect_issues(&m.data())), "");
     }
 
     #[test]
