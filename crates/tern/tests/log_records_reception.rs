@@ -10,41 +10,10 @@ use tern_types::SpoolId;
 
 const NODE_ID: &str = "d8e014c7-eaeb-4683-a56e-61324e91b1fc";
 
-/// The fields every record has, in serialisation order.
-const ALWAYS: &[&str] = &[
-    "type",
-    "id",
-    "sender",
-    "recipient",
-    "queue",
-    "site",
-    "size",
-    "response",
-    "peer_address",
-    "timestamp",
-    "event_time",
-    "created",
-    "created_time",
-    "num_attempts",
-    "bounce_classification",
-    "egress_pool",
-    "egress_source",
-    "source_address",
-    "feedback_report",
-    "meta",
-    "headers",
-    "delivery_protocol",
-    "reception_protocol",
-    "nodeid",
-];
-
 /// A policy whose logger captures some meta keys and headers, and whose
 /// queues send to a closed port an hour apart (the messages stay put).
 fn policy() -> String {
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed_port = closed_port();
     format!(
         r#"local kumo = require 'kumo'
 kumo.on('init', function()
@@ -113,7 +82,7 @@ fn assert_common_shape(record: &Value) {
         .map(String::as_str)
         .collect();
     // No TLS on these sessions, no provider: only session_id follows.
-    let mut expected = ALWAYS.to_vec();
+    let mut expected = RECORD_FIELDS.to_vec();
     expected.push("session_id");
     assert_eq!(keys, expected, "{record}");
 

@@ -44,10 +44,7 @@ end)
 "#;
 
 fn policy() -> String {
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed_port = closed_port();
     format!(
         r#"local kumo = require 'kumo'
 kumo.on('init', function()

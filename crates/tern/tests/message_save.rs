@@ -31,10 +31,7 @@ fn stored(dir: &Path, name: &str, id: SpoolId) -> Option<Vec<u8>> {
 fn saved_messages_survive_kill_9_on_a_deferred_spool_listener() {
     // Delivery goes nowhere and is retried only after an hour, so both
     // messages stay queued in memory until the kill.
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed_port = closed_port();
     let policy = format!(
         r#"{head}
 kumo.on('smtp_server_message_received', function(msg)

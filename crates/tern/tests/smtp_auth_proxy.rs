@@ -6,11 +6,14 @@
 //! The spools use `min_free_space = '1%'`: shared build machines often
 //! have less than the default 10% free, which would refuse every session.
 
+mod common;
+
+use common::{python, start_tern};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
-use tern_testkit::{Builder, SmtpClient, TernServer};
+use tern_testkit::{Builder, SmtpClient};
 
 /// A server whose listener lets nobody relay by address; relaying is
 /// granted by `get_listener_domain` to authenticated sessions only.
@@ -54,13 +57,6 @@ end)
     )
 }
 
-fn start(policy: String) -> TernServer {
-    Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap()
-}
-
 fn read_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
     let mut records = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir.join("logs")) else {
@@ -81,21 +77,6 @@ fn read_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
     records
 }
 
-fn python(script: &str) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
 fn b64(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -103,7 +84,7 @@ fn b64(bytes: &[u8]) -> String {
 
 #[test]
 fn auth_plain_over_starttls_with_smtplib() {
-    let server = start(auth_policy("", ""));
+    let server = start_tern(auth_policy("", ""));
     let port = server.listener("smtp").port();
     let script = format!(
         r#"
@@ -139,7 +120,7 @@ print('sent')
 s.quit()
 "#
     );
-    let text = python(&script);
+    let text = python(&script, &[]);
     let expect = [
         "clear auth advertised False",
         "tls auth PLAIN",
@@ -183,7 +164,7 @@ s.quit()
 
 #[test]
 fn auth_info_table_and_authz_are_kept() {
-    let server = start(auth_policy("", ""));
+    let server = start_tern(auth_policy("", ""));
     let port = server.listener("smtp").port();
     let script = format!(
         r#"
@@ -200,7 +181,7 @@ print('sent')
 s.quit()
 "#
     );
-    let text = python(&script);
+    let text = python(&script, &[]);
     assert!(text.contains("auth 235") && text.contains("sent"), "{text}");
     let dir = server.stop();
     let records = read_records(dir.path());
@@ -219,7 +200,7 @@ s.quit()
 #[test]
 fn auth_needs_tls_a_handler_and_a_true_verdict() {
     // Without TLS: 524 (also before any EHLO), and nothing advertised.
-    let server = start(auth_policy("", ""));
+    let server = start_tern(auth_policy("", ""));
     let mut smtp = server.smtp().unwrap();
     smtp.read_reply().unwrap();
     let auth = format!("AUTH PLAIN {}", b64(b"\0scott\0tiger"));
@@ -237,8 +218,9 @@ fn auth_needs_tls_a_handler_and_a_true_verdict() {
     // The policy can refuse with its own reply.
     drop(smtp);
     let port = server.listener("smtp").port();
-    let text = python(&format!(
-        r#"
+    let text = python(
+        &format!(
+            r#"
 import smtplib, ssl
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
@@ -252,17 +234,20 @@ except smtplib.SMTPAuthenticationError as e:
     print('refused', e.smtp_code, e.smtp_error.decode())
 print('noop', *s.noop())
 "#
-    ));
+        ),
+        &[],
+    );
     assert!(text.contains("refused 454 4.7.0 try later"), "{text}");
     assert!(text.contains("noop 250"), "{text}");
     drop(server);
 
     // No smtp_server_auth_plain handler at all: every attempt is refused.
     let policy = auth_policy("", "").replace("'smtp_server_auth_plain'", "'x_unused_event'");
-    let server = start(policy);
+    let server = start_tern(policy);
     let port = server.listener("smtp").port();
-    let text = python(&format!(
-        r#"
+    let text = python(
+        &format!(
+            r#"
 import smtplib, ssl
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
@@ -275,13 +260,15 @@ try:
 except smtplib.SMTPAuthenticationError as e:
     print('refused', e.smtp_code, e.smtp_error.decode())
 "#
-    ));
+        ),
+        &[],
+    );
     assert!(text.contains("refused 535 5.7.8 AUTH invalid"), "{text}");
 }
 
 #[test]
 fn swaks_authenticates_over_tls() {
-    let server = start(auth_policy("", ""));
+    let server = start_tern(auth_policy("", ""));
     let addr = server.listener("smtp");
     let swaks = |password: &str| {
         Command::new("swaks")
@@ -331,7 +318,7 @@ end)
 
 #[test]
 fn xclient_from_an_allowed_peer_changes_the_addresses() {
-    let server = start(address_policy(
+    let server = start_tern(address_policy(
         ", peer = { ['127.0.0.1'] = { allow_xclient = true }, ['192.0.2.0/24'] = { banner = 'xclient banner' } }",
     ));
     let listener = server.listener("smtp");
@@ -409,7 +396,7 @@ fn xclient_from_an_allowed_peer_changes_the_addresses() {
 #[test]
 fn xclient_from_a_stranger_is_refused() {
     // allow_xclient only for a network the test client is not in.
-    let server = start(address_policy(
+    let server = start_tern(address_policy(
         ", peer = { ['10.0.0.0/8'] = { allow_xclient = true } }",
     ));
     let mut smtp = server.smtp().unwrap();
@@ -474,7 +461,7 @@ fn closed_without_banner(addr: SocketAddr, send: &[u8]) -> bool {
 
 #[test]
 fn proxy_protocol_v1_and_v2_set_the_client_address() {
-    let server = start(address_policy(PROXY_LISTENER));
+    let server = start_tern(address_policy(PROXY_LISTENER));
     let addr = server.listener("smtp");
 
     let mut smtp = SmtpClient::connect(addr).unwrap();
@@ -521,7 +508,7 @@ fn proxy_protocol_v1_and_v2_set_the_client_address() {
 
 #[test]
 fn bad_or_missing_proxy_header_closes_without_banner() {
-    let server = start(address_policy(PROXY_LISTENER));
+    let server = start_tern(address_policy(PROXY_LISTENER));
     let addr = server.listener("smtp");
     for bad in [
         &b"PROXY TCP4 garbage\r\n"[..],
@@ -538,7 +525,7 @@ fn bad_or_missing_proxy_header_closes_without_banner() {
     // A client that waits for the banner gets nothing, then is dropped
     // after client_timeout.
     drop(server);
-    let server = start(address_policy(
+    let server = start_tern(address_policy(
         ", peer = { ['127.0.0.1'] = { require_proxy_protocol = true, client_timeout = '1s' } }",
     ));
     let started = std::time::Instant::now();
@@ -549,7 +536,7 @@ fn bad_or_missing_proxy_header_closes_without_banner() {
 #[test]
 fn proxy_header_is_not_required_elsewhere() {
     // Without require_proxy_protocol a PROXY line is just an unknown verb.
-    let server = start(address_policy(""));
+    let server = start_tern(address_policy(""));
     let mut smtp = server.smtp().unwrap();
     assert_eq!(smtp.read_reply().unwrap().0, 220);
     let (code, _) = smtp
@@ -673,7 +660,7 @@ kumo.on('get_listener_domain', function(domain, listener, conn_meta)
   end
 end)
 "#;
-    let server = start(policy.to_string());
+    let server = start_tern(policy.to_string());
     let mut smtp = server.smtp().unwrap();
     smtp.read_reply().unwrap();
     smtp.command("EHLO c.test").unwrap();
@@ -747,7 +734,7 @@ kumo.on('smtp_server_connection_accepted', function(conn_meta)
   kumo.reject(554, '5.7.1 not from here')
 end)
 "#;
-    let server = start(policy.to_string());
+    let server = start_tern(policy.to_string());
     let mut smtp = server.smtp().unwrap();
     let (code, text) = smtp.read_reply().unwrap();
     assert_eq!((code, text.as_str()), (554, "554 5.7.1 not from here\r\n"));

@@ -30,7 +30,7 @@
 
 mod common;
 
-use common::{count, of_type, wait_for_records};
+use common::{count, of_type, python, wait_for_records};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -185,23 +185,6 @@ fn ids_from(reply: &str) -> Vec<String> {
         .split_once("ids=")
         .map(|(_, ids)| ids.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default()
-}
-
-/// Run a Python script with arguments; its stdout (it must succeed).
-fn python(script: &str, args: &[&str]) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "python failed:\n{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 fn logs(server: &TernServer) -> PathBuf {

@@ -7,9 +7,11 @@
 //! The spools use `min_free_space = '1%'`: shared build machines often
 //! have less than the default 10% free, which would refuse every session.
 
+mod common;
+
+use common::{python, start_tern};
 use std::net::SocketAddr;
-use std::process::Command;
-use tern_testkit::{Builder, SmtpClient, TernServer};
+use tern_testkit::SmtpClient;
 
 /// A policy whose listener lets nobody relay by address unless
 /// `listener` says otherwise; `handlers` is appended.
@@ -26,13 +28,6 @@ end)
     )
 }
 
-fn start(policy: String) -> TernServer {
-    Builder::new(policy)
-        .binary(env!("CARGO_BIN_EXE_tern"))
-        .start()
-        .unwrap()
-}
-
 fn greeted(addr: SocketAddr) -> SmtpClient {
     let mut smtp = SmtpClient::connect(addr).unwrap();
     assert_eq!(smtp.read_reply().unwrap().0, 220);
@@ -44,28 +39,13 @@ fn reply(smtp: &mut SmtpClient, line: &str) -> String {
     smtp.command(line).unwrap().1
 }
 
-fn python(script: &str) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
 /// `get_listener_domain` and `smtp_server_get_dynamic_parameters` are
 /// given the local `ip:port` of the connection, as KumoMTA does: the
 /// address the client reached, not the wildcard the listener is bound to,
 /// and the `DESTADDR`/`DESTPORT` of an XCLIENT once one was accepted.
 #[test]
 fn events_see_the_local_address_of_the_connection() {
-    let server = start(policy(
+    let server = start_tern(policy(
         "listen = '0.0.0.0:0', relay_hosts = {}, peer = { ['127.0.0.1'] = { allow_xclient = true } }",
         r#"
 kumo.on('smtp_server_get_dynamic_parameters', function(listener, conn_meta)
@@ -115,7 +95,7 @@ end)
 /// grants nothing. The peer is the one XCLIENT names, once it has.
 #[test]
 fn relay_from_applies_to_the_senders_domain_and_peer() {
-    let server = start(policy(
+    let server = start_tern(policy(
         "listen = '127.0.0.1:0', relay_hosts = {}, peer = { ['127.0.0.1'] = { allow_xclient = true } }",
         r#"
 kumo.on('get_listener_domain', function(domain, listener, conn_meta)
@@ -194,7 +174,7 @@ end)
 /// sender domain there for everyone.
 #[test]
 fn the_sender_domain_is_asked_even_for_relay_hosts() {
-    let server = start(policy(
+    let server = start_tern(policy(
         "listen = '127.0.0.1:0'",
         r#"
 kumo.on('get_listener_domain', function(domain, listener, conn_meta)
@@ -229,7 +209,7 @@ end)
 /// as KumoMTA asks it separately.
 #[test]
 fn remembered_answers_are_keyed_by_the_exact_domain() {
-    let server = start(policy(
+    let server = start_tern(policy(
         "listen = '127.0.0.1:0', relay_hosts = {}",
         r#"
 kumo.on('get_listener_domain', function(domain, listener, conn_meta)
@@ -265,7 +245,7 @@ end)
 /// `ttl` is accepted.
 #[test]
 fn make_listener_domain_refuses_what_it_does_not_know() {
-    let server = start(policy(
+    let server = start_tern(policy(
         "listen = '127.0.0.1:0', relay_hosts = {}",
         r#"
 kumo.on('get_listener_domain', function(domain, listener, conn_meta)
@@ -320,7 +300,7 @@ end)
 /// session goes on.
 #[test]
 fn long_auth_response_lines() {
-    let server = start(policy(
+    let server = start_tern(policy(
         "listen = '127.0.0.1:0', relay_hosts = {}",
         r#"
 kumo.on('smtp_server_auth_plain', function(authz, authc, password, conn_meta)
@@ -329,8 +309,9 @@ end)
 "#,
     ));
     let port = server.listener("smtp").port();
-    let text = python(&format!(
-        r#"
+    let text = python(
+        &format!(
+            r#"
 import smtplib, ssl, base64
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
@@ -346,7 +327,9 @@ print('at the limit', *s.docmd('A' * 16384))
 print('start', *s.docmd('AUTH', 'PLAIN'))
 print('long password', *s.docmd(base64.b64encode(b'\0long\0' + b'p' * 3000).decode()))
 "#
-    ));
+        ),
+        &[],
+    );
     let expect = [
         "start 334 b''",
         "too long 500 b'5.5.6 authentication exchange line too long'",

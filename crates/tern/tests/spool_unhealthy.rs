@@ -63,10 +63,7 @@ fn a_full_rocksdb_spool_latches_refuses_ingress_and_suspends_delivery() {
     }
     // Nothing listens here: the first message's delivery fails and it is
     // retried every 2 seconds.
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed_port = closed_port();
     let dir = tempfile::tempdir().unwrap();
     let small = SmallFilesystem::mount(&dir.path().join("small"), "6m");
     // RocksDB's own LOG goes elsewhere (`log_dir`), as docs/spool.md tells

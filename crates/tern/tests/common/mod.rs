@@ -1,6 +1,7 @@
-//! Shared pieces of the queue and delivery tests: an in-process sink on
-//! its own runtime, reading the log records back with `tern logs`, and
-//! waiting for records to appear.
+//! Shared pieces of the server tests: an in-process sink on its own
+//! runtime, reading the log records back with `tern logs`, waiting for
+//! records to appear, policy fragments, a closed port and Python as an
+//! independent client.
 
 #![allow(dead_code)]
 
@@ -154,4 +155,58 @@ pub fn start_tern(policy: impl Into<String>) -> tern_testkit::TernServer {
 /// A short message body (dot-stuffed, CRLF-terminated).
 pub fn body(subject: &str) -> Vec<u8> {
     format!("Subject: {subject}\r\nFrom: s@example.com\r\n\r\nhello\r\n").into_bytes()
+}
+
+/// The fields every log record has (§12.2), in serialisation order. A test
+/// list rather than tern-log's own, so that a change there is caught.
+pub const RECORD_FIELDS: &[&str] = &[
+    "type",
+    "id",
+    "sender",
+    "recipient",
+    "queue",
+    "site",
+    "size",
+    "response",
+    "peer_address",
+    "timestamp",
+    "event_time",
+    "created",
+    "created_time",
+    "num_attempts",
+    "bounce_classification",
+    "egress_pool",
+    "egress_source",
+    "source_address",
+    "feedback_report",
+    "meta",
+    "headers",
+    "delivery_protocol",
+    "reception_protocol",
+    "nodeid",
+];
+
+/// A loopback port nothing listens on (it was bound and released), for
+/// deliveries that must fail and stay queued.
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Runs a Python script with arguments and returns its stdout; the script
+/// must succeed.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "python failed:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
