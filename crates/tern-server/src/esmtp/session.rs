@@ -491,6 +491,9 @@ impl Session {
 
     /// Queue a reply (after `smtp_server_rewrite_response`), log a
     /// Rejection for 4xx/5xx, and mark the session for closing on 421.
+    /// `command` is what the rewrite event sees: the verb, `DATA` for
+    /// everything answered after the final dot too (as in KumoMTA's
+    /// documented example), nil for unsolicited replies.
     async fn reply(&mut self, mut reply: Reply, command: Option<&str>) {
         if self.rewrite_responses {
             reply = self.rewrite(reply, command).await;
@@ -1145,7 +1148,7 @@ impl Session {
             .event(
                 "smtp_server_data",
                 move |lua| (msg, meta).into_lua_multi(lua),
-                ".",
+                "DATA",
             )
             .await?
         {
@@ -1182,7 +1185,7 @@ impl Session {
                 .event(
                     "smtp_server_message_received",
                     move |lua| (m, meta).into_lua_multi(lua),
-                    ".",
+                    "DATA",
                 )
                 .await?
             {
@@ -1192,7 +1195,7 @@ impl Session {
             accepted.push(msg);
         }
         if Instant::now() > deadline {
-            self.reply(Reply::data_processing_timeout("rx"), Some("."))
+            self.reply(Reply::data_processing_timeout("rx"), Some("DATA"))
                 .await;
             return Ok(());
         }
@@ -1220,7 +1223,7 @@ impl Session {
             };
             let sender = msg.sender();
             let sender_domain = (!sender.is_null()).then(|| sender.domain().to_string());
-            let Some(decision) = self.relay_decision(sender_domain, &first, ".").await? else {
+            let Some(decision) = self.relay_decision(sender_domain, &first, "DATA").await? else {
                 return Ok(());
             };
             let black_holed = matches!(msg.queue_name().as_deref(), Ok("null"));
@@ -1254,14 +1257,15 @@ impl Session {
             reception.log_reception(msg, &queue, peer).await;
         }
         if to_accept.is_empty() && dropped_reports.is_empty() {
-            self.reply(Reply::relaying_not_permitted(), Some(".")).await;
+            self.reply(Reply::relaying_not_permitted(), Some("DATA"))
+                .await;
             return Ok(());
         }
 
         // The disk may have filled since the connection was accepted:
         // refuse this message before writing it; earlier ones are safe.
         if let Some(reply) = self.storage_refusal() {
-            self.reply(reply, Some(".")).await;
+            self.reply(reply, Some("DATA")).await;
             return Ok(());
         }
         let arrival = Arrival {
@@ -1275,20 +1279,23 @@ impl Session {
             {
                 Ok(_) => {}
                 Err(AcceptFailure::Timeout(stage)) => {
-                    self.reply(Reply::data_processing_timeout(stage), Some("."))
+                    self.reply(Reply::data_processing_timeout(stage), Some("DATA"))
                         .await;
                     return Ok(());
                 }
                 Err(AcceptFailure::Refused(err @ AcceptError::QueueName { .. })) => {
                     tracing::error!("{err}");
-                    self.reply(Reply::technical_difficulties(&self.hostname), Some("."))
+                    self.reply(Reply::technical_difficulties(&self.hostname), Some("DATA"))
                         .await;
                     return Ok(());
                 }
                 Err(AcceptFailure::Refused(err @ AcceptError::Spool(_))) => {
                     tracing::error!("{err}");
-                    self.reply(Reply::spool_not_accepting_writes(&self.hostname), Some("."))
-                        .await;
+                    self.reply(
+                        Reply::spool_not_accepting_writes(&self.hostname),
+                        Some("DATA"),
+                    )
+                    .await;
                     return Ok(());
                 }
             }
@@ -1315,7 +1322,7 @@ impl Session {
                 }
             }
         }
-        self.reply(Reply::queued(&ids, false), Some(".")).await;
+        self.reply(Reply::queued(&ids, false), Some("DATA")).await;
         Ok(())
     }
 
@@ -1372,7 +1379,7 @@ impl Session {
                 }
             })),
             Err(err) => {
-                self.policy_failure(err, Some(".")).await?;
+                self.policy_failure(err, Some("DATA")).await?;
                 Ok(None)
             }
         }
