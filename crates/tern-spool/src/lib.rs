@@ -166,10 +166,9 @@ struct Limits {
 }
 
 impl Limits {
-    fn from_params(params: Option<&RocksParams>) -> Self {
-        let Some(params) = params else {
-            return Self::default();
-        };
+    /// A RocksDB spool without `rocks_params` gets every default, the
+    /// 30 s `store_deadline` included.
+    fn from_params(params: &RocksParams) -> Self {
         Self {
             stores: params.limit_concurrent_stores.map(Semaphore::new),
             loads: params.limit_concurrent_loads.map(Semaphore::new),
@@ -236,6 +235,10 @@ impl Spool {
     fn open_full(config: &SpoolConfig, sync: LocalDiskSync, group: &SpoolGroup) -> Result<Self> {
         config.validate().map_err(SpoolError::Config)?;
         let path = &config.path;
+        // Said plainly: create_dir_all would only report "File exists".
+        if path.exists() && !path.is_dir() {
+            return Err(not_a_directory(config));
+        }
         std::fs::create_dir_all(path).map_err(|err| {
             SpoolError::io(
                 format!(
@@ -247,11 +250,7 @@ impl Spool {
             )
         })?;
         if !path.is_dir() {
-            return Err(SpoolError::Config(format!(
-                "spool '{}': {} is not a directory",
-                config.name,
-                path.display()
-            )));
+            return Err(not_a_directory(config));
         }
         let lock = SpoolLock::acquire(path)?;
         check_kind_matches(config)?;
@@ -276,7 +275,9 @@ impl Spool {
         };
         let limits = match config.kind {
             SpoolKind::LocalDisk => Limits::default(),
-            SpoolKind::RocksDB => Limits::from_params(config.rocks_params.as_ref()),
+            SpoolKind::RocksDB => {
+                Limits::from_params(&config.rocks_params.clone().unwrap_or_default())
+            }
         };
         Ok(Self {
             backend,
@@ -457,6 +458,14 @@ impl Spool {
     }
 }
 
+fn not_a_directory(config: &SpoolConfig) -> SpoolError {
+    SpoolError::Config(format!(
+        "spool '{}': {} is not a directory",
+        config.name,
+        config.path.display()
+    ))
+}
+
 /// Refuses to open a directory that holds the other kind of spool: after a
 /// `kind` change the messages already stored would otherwise be silently
 /// invisible (never delivered) until someone noticed.
@@ -489,4 +498,31 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|err| Err(SpoolError::Storage(format!("spool task failed: {err}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `rocks_params` left out means every RocksDB default, not none of
+    /// them: a store still fails after the 30 s `store_deadline` instead
+    /// of hanging the session. LocalDisk has no deadline.
+    #[test]
+    fn rocksdb_without_rocks_params_gets_the_default_store_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let rocks = Spool::open(&SpoolConfig::new(
+            "data",
+            dir.path().join("r"),
+            SpoolKind::RocksDB,
+        ))
+        .unwrap();
+        assert_eq!(rocks.limits.store_deadline, Some(Duration::from_secs(30)));
+        let local = Spool::open(&SpoolConfig::new(
+            "data",
+            dir.path().join("l"),
+            SpoolKind::LocalDisk,
+        ))
+        .unwrap();
+        assert_eq!(local.limits.store_deadline, None);
+    }
 }

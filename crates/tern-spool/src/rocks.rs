@@ -451,7 +451,7 @@ impl Rocks {
         .await
     }
 
-    /// Flushes the memtables to SST files (so the WAL can be recycled)
+    /// Flushes the memtables to SST files (so old WAL files can go)
     /// and compacts the whole key range: a spool is a queue, and the
     /// tombstones its deliveries leave behind otherwise linger until
     /// RocksDB's own size triggers fire.

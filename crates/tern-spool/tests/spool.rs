@@ -483,9 +483,9 @@ fn bad_paths_give_clear_errors() {
         let err = Spool::open(&config(&file, kind))
             .err()
             .expect("a file is not a spool");
-        assert!(
-            err.to_string().contains(&file.display().to_string()),
-            "{err}"
+        assert_eq!(
+            err.to_string(),
+            format!("spool 'data': {} is not a directory", file.display())
         );
 
         let below_file = file.join("spool");
@@ -504,6 +504,17 @@ fn bad_paths_give_clear_errors() {
             .err()
             .expect("unwritable");
         assert!(err.to_string().contains("/proc/tern-spool-test"), "{err}");
+
+        // A directory that exists but where nothing can be written (root
+        // ignores permission bits, so /proc stands in for a read-only one).
+        let err = Spool::open(&config(Path::new("/proc"), kind))
+            .err()
+            .expect("read-only directory");
+        assert!(
+            err.to_string()
+                .starts_with("cannot open lock file /proc/lock: "),
+            "{err}"
+        );
     }
 }
 

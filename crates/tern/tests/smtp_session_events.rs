@@ -7,10 +7,8 @@
 
 mod common;
 
-use common::{of_type, start_tern, wait_for_records};
+use common::{Conn, ids_from, of_type, start_tern, wait_for_records};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -32,86 +30,6 @@ end)
 {handlers}
 "#
     )
-}
-
-/// A raw SMTP connection returning replies exactly as sent.
-struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Conn {
-    fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        Self {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
-        }
-    }
-
-    fn greeted(addr: SocketAddr) -> Self {
-        let mut conn = Self::connect(addr);
-        assert!(conn.reply().starts_with("220 "));
-        assert!(conn.cmd("EHLO client.test").starts_with("250-"));
-        conn
-    }
-
-    fn reply(&mut self) -> String {
-        let mut text = String::new();
-        loop {
-            let mut line = String::new();
-            let n = self.reader.read_line(&mut line).unwrap();
-            assert!(n > 0, "connection closed; read so far: {text:?}");
-            text.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] != b'-' {
-                return text;
-            }
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).unwrap();
-    }
-
-    fn cmd(&mut self, line: &str) -> String {
-        self.send(format!("{line}\r\n").as_bytes());
-        self.reply()
-    }
-
-    fn expect_closed(&mut self) {
-        let mut buf = [0u8; 256];
-        match self.reader.read(&mut buf) {
-            Ok(0) => {}
-            Ok(n) => panic!(
-                "expected the server to close, got {:?}",
-                String::from_utf8_lossy(&buf[..n])
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            Err(e) => panic!("expected the server to close, got {e}"),
-        }
-    }
-
-    /// MAIL, RCPTs (all 250), DATA, a message with `subject`, the dot:
-    /// the final reply.
-    fn transaction(&mut self, from: &str, to: &[&str], subject: &str) -> String {
-        assert!(self.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250 "));
-        for rcpt in to {
-            let reply = self.cmd(&format!("RCPT TO:<{rcpt}>"));
-            assert!(reply.starts_with("250 "), "{rcpt}: {reply:?}");
-        }
-        assert_eq!(self.cmd("DATA"), "354 Send body; end with CRLF.CRLF\r\n");
-        self.send(format!("Subject: {subject}\r\n\r\nbody\r\n").as_bytes());
-        self.cmd(".")
-    }
-}
-
-fn ids_from(reply: &str) -> Vec<String> {
-    reply
-        .trim_end()
-        .split_once("ids=")
-        .map(|(_, ids)| ids.split_whitespace().map(str::to_string).collect())
-        .unwrap_or_default()
 }
 
 /// Every event appends its name (and what it saw) to the connection
@@ -167,7 +85,7 @@ fn events_run_in_order_on_one_connection_metadata() {
     let reply = c.transaction(
         "s@sender.example",
         &["a@rcpt.example", "b@rcpt.example"],
-        "original",
+        &message("original"),
     );
     let ids = ids_from(&reply);
     assert_eq!(ids.len(), 2, "one message per recipient: {reply:?}");
@@ -234,6 +152,11 @@ kumo.on('smtp_server_message_received', function(msg, conn_meta)
 end)
 "#;
 
+/// A message with `subject` and a one-line body, ready for DATA.
+fn message(subject: &str) -> Vec<u8> {
+    format!("Subject: {subject}\r\n\r\nbody\r\n").into_bytes()
+}
+
 /// §3.7 step 4 and §3.8: a `kumo.reject` of any batch refuses the whole
 /// DATA with its code (4xx or 5xx alike) and keeps the session open;
 /// 421 and `kumo.disconnect` close it; `FollowWith421` adds the 421. The
@@ -251,7 +174,10 @@ fn reject_and_disconnect_after_data() {
         ("data 451", "451 4.7.1 try again at data\r\n"),
         ("received if421", "550 5.7.1 stays open\r\n"),
     ] {
-        assert_eq!(c.transaction("s@example.com", &two, subject), want);
+        assert_eq!(
+            c.transaction("s@example.com", &two, &message(subject)),
+            want
+        );
         assert_eq!(
             c.cmd("DATA"),
             "503 5.5.0 MAIL FROM must be issued first\r\n",
@@ -259,7 +185,7 @@ fn reject_and_disconnect_after_data() {
         );
         assert_eq!(c.cmd("NOOP"), "250 the goggles do nothing\r\n");
     }
-    let control = c.transaction("s@example.com", &two, "fine");
+    let control = c.transaction("s@example.com", &two, &message("fine"));
     assert_eq!(ids_from(&control).len(), 2, "{control:?}");
 
     for (subject, want) in [
@@ -274,7 +200,7 @@ fn reject_and_disconnect_after_data() {
         ),
     ] {
         let mut c = Conn::greeted(addr);
-        let mut got = c.transaction("s@example.com", &two, subject);
+        let mut got = c.transaction("s@example.com", &two, &message(subject));
         if subject == "data follow" {
             got.push_str(&c.reply());
         }

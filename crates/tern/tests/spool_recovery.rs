@@ -135,6 +135,26 @@ end)
 
 #[test]
 fn an_error_in_spool_message_enumerated_aborts_startup() {
+    startup_aborts_and_keeps_the_message(
+        "error('cannot handle this message')",
+        "cannot handle this message",
+    );
+}
+
+/// `kumo.reject` raises an error like any other, so it aborts startup
+/// too (KumoMTA: errors in this event prevent startup).
+#[test]
+fn kumo_reject_in_spool_message_enumerated_aborts_startup() {
+    startup_aborts_and_keeps_the_message(
+        "kumo.reject(550, 'not wanted after restart')",
+        "not wanted after restart",
+    );
+}
+
+/// A spooled message whose `spool_message_enumerated` runs `statement`:
+/// the server must exit before initialization completes, naming the
+/// message and `reason`, and leave both halves of the message in place.
+fn startup_aborts_and_keeps_the_message(statement: &str, reason: &str) {
     let dir = tempfile::tempdir().unwrap();
     let id = SpoolId::new();
     put(
@@ -142,12 +162,9 @@ fn an_error_in_spool_message_enumerated_aborts_startup() {
         id,
         &meta_doc(json!("rcpt@example.com"), json!({})),
     );
-    let handler = r#"
-kumo.on('spool_message_enumerated', function(msg)
-  error('cannot handle this message')
-end)
-"#;
-    let mut server = Builder::new(policy("", handler))
+    let handler =
+        format!("kumo.on('spool_message_enumerated', function(msg)\n  {statement}\nend)\n");
+    let mut server = Builder::new(policy("", &handler))
         .binary(env!("CARGO_BIN_EXE_tern"))
         .dir(dir)
         .no_wait()
@@ -159,10 +176,104 @@ end)
     assert!(
         output.contains(&format!(
             "spool recovery aborted: spool_message_enumerated failed for {id}"
-        )) && output.contains("cannot handle this message"),
+        )) && output.contains(reason),
         "{output}"
     );
     assert!(!output.contains("initialization complete"), "{output}");
+    // Aborting startup must not cost the message.
+    let dir = server.stop();
+    let (data, meta) = stored(dir.path(), id);
+    assert!(data.is_some() && meta.is_some(), "the message was lost");
+}
+
+/// The queue is computed from the metadata as `spool_message_enumerated`
+/// left it: moving a message to the `null` queue drops it, from both
+/// spools and without a log record.
+#[test]
+fn the_queue_is_computed_after_spool_message_enumerated() {
+    let dir = tempfile::tempdir().unwrap();
+    let dropped = SpoolId::new();
+    put(
+        dir.path(),
+        dropped,
+        &meta_doc(json!("drop@example.com"), json!({})),
+    );
+    let kept = SpoolId::new();
+    put(
+        dir.path(),
+        kept,
+        &meta_doc(json!("keep@example.com"), json!({})),
+    );
+    let handler = r#"
+kumo.on('spool_message_enumerated', function(msg)
+  if msg:recipient().user == 'drop' then
+    msg:set_meta('queue', 'null')
+  end
+end)
+"#;
+    let server = start_in(dir, policy("", &format!("{SLOW_QUEUES}{handler}")));
+    let summary = server
+        .wait_for_line("messages queued,", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        summary.contains("1 messages queued") && summary.contains("0 expired"),
+        "{summary}"
+    );
+    let dir = server.stop();
+    assert_eq!(stored(dir.path(), dropped), (None, None));
+    let (data, meta) = stored(dir.path(), kept);
+    assert!(data.is_some() && meta.is_some());
+    assert!(
+        !records(&dir.path().join("logs"))
+            .iter()
+            .any(|r| r["id"] == dropped.to_string()),
+        "a message moved to the null queue was logged"
+    );
+}
+
+const ORPHAN_BODY: &[u8] = b"Subject: orphan\r\n\r\nbody\r\n";
+
+/// Only the meta spool is walked. A meta entry whose body is missing is
+/// queued like any other and removed, with the reason logged, when it
+/// falls due; a body without metadata is never seen and stays where it is
+/// (as in KumoMTA).
+#[test]
+fn half_a_message_is_handled_without_harm() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta_only = SpoolId::new();
+    let data_only = SpoolId::new();
+    {
+        let rt = runtime();
+        let (data, meta) = (open(dir.path(), "data"), open(dir.path(), "meta"));
+        rt.block_on(async {
+            let doc = meta_doc(json!("rcpt@example.com"), json!({}));
+            meta.store(meta_only, doc.into()).await.unwrap();
+            data.store(data_only, ORPHAN_BODY.to_vec().into())
+                .await
+                .unwrap();
+        });
+    }
+    let server = start_in(dir, policy("", SLOW_QUEUES));
+    let summary = server
+        .wait_for_line("messages queued,", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        summary.contains("1 messages queued") && summary.contains("0 corrupt"),
+        "{summary}"
+    );
+    let line = server
+        .wait_for_line("cannot be read from the spool", Duration::from_secs(20))
+        .unwrap();
+    assert!(
+        line.contains(&format!("message {meta_only} is due but cannot be read"))
+            && line.contains(&format!("message {meta_only} is not in the spool"))
+            && line.contains("removing what is left of it"),
+        "{line}"
+    );
+    let dir = server.stop();
+    assert_eq!(stored(dir.path(), meta_only), (None, None));
+    let (data, meta) = stored(dir.path(), data_only);
+    assert_eq!((data.as_deref(), meta), (Some(ORPHAN_BODY), None));
 }
 
 #[test]
@@ -223,15 +334,51 @@ fn a_queue_name_failure_and_max_age_expire_the_message() {
         old,
         &meta_doc(json!("old@example.com"), json!({})),
     );
+    // Fifty minutes old, in a queue retrying at 20 m, 40 m, ... with a
+    // max_age of 55 m: younger than max_age, but the next slot of its
+    // schedule (60 m after creation) is past it.
+    let slot_past = SpoolId::with_created(SystemTime::now() - Duration::from_secs(50 * 60));
+    put(
+        dir.path(),
+        slot_past,
+        &meta_doc(json!("slot@short.example.com"), json!({})),
+    );
+    // Two hours old too, but with a per-message expiry a day from now,
+    // which replaces max_age (set_scheduling): it is queued.
+    let kept = SpoolId::with_created(two_hours_ago);
+    let tomorrow = chrono::Utc::now() + chrono::Duration::days(1);
+    put(
+        dir.path(),
+        kept,
+        &serde_json::to_vec(&json!({
+            "sender": "sender@example.com",
+            "recipient": "kept@example.com",
+            "meta": {},
+            "schedule": {"expires": tomorrow.to_rfc3339()},
+        }))
+        .unwrap(),
+    );
     let queues = r#"
-kumo.on('get_queue_config', function()
+kumo.on('get_queue_config', function(domain)
+  if domain == 'short.example.com' then
+    return kumo.make_queue_config { retry_interval = '20m', max_age = '55m' }
+  end
   return kumo.make_queue_config { retry_interval = '1h', max_age = '1h' }
 end)
 "#;
     let server = start_in(dir, policy("", queues));
+    let summary = server
+        .wait_for_line("messages queued,", Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        summary.contains("1 messages queued")
+            && summary.contains("2 expired")
+            && summary.contains("1 corrupt entries removed"),
+        "{summary}"
+    );
     let log_dir = server.dir().join("logs");
     let records = wait_for_records(&log_dir, Duration::from_secs(20), |r| {
-        count(r, "Expiration") >= 2
+        count(r, "Expiration") >= 3
     });
     let expiration = |id: SpoolId| {
         records
@@ -260,9 +407,34 @@ end)
         json!({"class": 5, "subject": 4, "detail": 7})
     );
     assert_eq!(old_record["queue"], "example.com");
+    assert_eq!(
+        old_record["response"]["content"],
+        "message is older than max_age=1h at spool recovery"
+    );
+    let slot_record = expiration(slot_past);
+    assert_eq!(
+        slot_record["response"]["enhanced_code"],
+        json!({"class": 5, "subject": 4, "detail": 7})
+    );
+    assert_eq!(
+        slot_record["response"]["content"],
+        "Next delivery time would be 1h after creation, which exceeds max_age=55m"
+    );
     let dir = server.stop();
     assert_eq!(stored(dir.path(), nameless), (None, None));
     assert_eq!(stored(dir.path(), old), (None, None));
+    assert_eq!(stored(dir.path(), slot_past), (None, None));
+    let (data, meta) = stored(dir.path(), kept);
+    assert!(
+        data.is_some() && meta.is_some(),
+        "per-message expiry ignored"
+    );
+    assert!(
+        !common::records(&dir.path().join("logs"))
+            .iter()
+            .any(|r| r["id"] == kept.to_string()),
+        "the message with a per-message expiry was logged"
+    );
 }
 
 #[test]

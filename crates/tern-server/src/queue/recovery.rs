@@ -279,7 +279,17 @@ async fn process(walk: &Walk, item: Result<SpoolEntry, SpoolError>) -> Result<()
     // (`set_scheduling`) and its expiry apply to the chosen time as they
     // would to the computed one. A past time is due at once.
     let chosen_due = msg.due();
-    let decision = schedule
+    // A per-message `expires` takes the place of max_age (§7.3).
+    let per_message_expiry = scheduling.as_ref().is_some_and(|s| s.expires.is_some());
+    let effective = if per_message_expiry {
+        RetrySchedule {
+            max_age: Duration::MAX,
+            ..schedule
+        }
+    } else {
+        schedule
+    };
+    let decision = effective
         .after_restart(created, walk.now)
         .map(|(attempts, computed)| {
             let due = chosen_due.unwrap_or(computed);
@@ -307,10 +317,7 @@ async fn process(walk: &Walk, item: Result<SpoolEntry, SpoolError>) -> Result<()
         (_, expiry) => {
             let content = match expiry {
                 Some(expiry) => expiry.content(),
-                None => format!(
-                    "message is older than max_age={} at spool recovery",
-                    humantime::format_duration(schedule.max_age)
-                ),
+                None => max_age_expiry_text(&schedule, created, walk.now),
             };
             let response = Response::new(551, tern_log::EnhancedCode::parse("5.4.7"), content);
             disposition::log(
@@ -328,4 +335,33 @@ async fn process(walk: &Walk, item: Result<SpoolEntry, SpoolError>) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Why recovery expires a message under `max_age`: either it is already
+/// that old, or the next slot of its schedule (the end of the first retry
+/// delay that has not elapsed) would fall past it, as a retry would have
+/// said (§7.3).
+fn max_age_expiry_text(schedule: &RetrySchedule, created: SystemTime, now: SystemTime) -> String {
+    let age = now.duration_since(created).unwrap_or(Duration::ZERO);
+    if age >= schedule.max_age {
+        return format!(
+            "message is older than max_age={} at spool recovery",
+            humantime::format_duration(schedule.max_age)
+        );
+    }
+    let attempts = tern_queue::backoff::infer_attempts_from_age(
+        age,
+        schedule.retry_interval,
+        schedule.max_retry_interval,
+    );
+    let next_slot = (0..=attempts).fold(Duration::ZERO, |sum, attempt| {
+        sum.saturating_add(schedule.delay_for_attempt(attempt))
+    });
+    tern_queue::Expiry {
+        reason: tern_queue::backoff::ExpiryReason::MaxAgeAfterFailure {
+            delayed_age: next_slot,
+            max_age: schedule.max_age,
+        },
+    }
+    .content()
 }

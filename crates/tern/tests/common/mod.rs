@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -209,4 +211,110 @@ pub fn python(script: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// A raw SMTP connection that returns replies exactly as they were sent
+/// (a read waits at most 60 s).
+pub struct Conn {
+    pub reader: BufReader<TcpStream>,
+    pub writer: TcpStream,
+}
+
+impl Conn {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    /// Connect, read the banner and say `EHLO client.test`.
+    pub fn greeted(addr: SocketAddr) -> Self {
+        let mut conn = Self::connect(addr);
+        let banner = conn.reply();
+        assert!(banner.starts_with("220 "), "{banner:?}");
+        let ehlo = conn.cmd("EHLO client.test");
+        assert!(ehlo.starts_with("250-"), "{ehlo:?}");
+        conn
+    }
+
+    /// One complete (possibly multi-line) reply, every line with its CRLF.
+    pub fn reply(&mut self) -> String {
+        let mut text = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut line)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "reading a reply: {e}; read so far: {:?}",
+                        String::from_utf8_lossy(&text)
+                    )
+                });
+            assert!(
+                n > 0,
+                "connection closed; read so far: {:?}",
+                String::from_utf8_lossy(&text)
+            );
+            text.extend_from_slice(&line);
+            if line.len() < 4 || line[3] != b'-' {
+                break;
+            }
+        }
+        String::from_utf8(text).expect("replies are UTF-8")
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    /// Send one command line (CRLF added) and read its reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// The server closed the connection and sent nothing more.
+    pub fn expect_closed(&mut self) {
+        let mut buf = [0u8; 256];
+        match self.reader.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!(
+                "expected the server to close, got {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected the server to close, got {e}"),
+        }
+    }
+
+    /// MAIL, each RCPT (all must get 250), DATA, the body (CRLF-terminated,
+    /// already dot-stuffed) and the dot: the final reply.
+    pub fn transaction(&mut self, from: &str, to: &[&str], body: &[u8]) -> String {
+        let reply = self.cmd(&format!("MAIL FROM:<{from}>"));
+        assert!(reply.starts_with("250 "), "MAIL: {reply:?}");
+        for rcpt in to {
+            let reply = self.cmd(&format!("RCPT TO:<{rcpt}>"));
+            assert!(reply.starts_with("250 "), "RCPT {rcpt}: {reply:?}");
+        }
+        let reply = self.cmd("DATA");
+        assert_eq!(reply, "354 Send body; end with CRLF.CRLF\r\n");
+        self.send(body);
+        self.cmd(".")
+    }
+}
+
+/// The ids of a `250 OK ids=<id> <id> ...` reply.
+pub fn ids_from(reply: &str) -> Vec<String> {
+    reply
+        .trim_end()
+        .split_once("ids=")
+        .map(|(_, ids)| ids.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
 }
