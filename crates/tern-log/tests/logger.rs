@@ -488,3 +488,72 @@ fn kill_9_loses_nothing_older_than_a_second() {
     assert!(!is_read_only(&files[0]), "the segment was never closed");
     assert_eq!(tern_log::reader::read_all(dir.path()).unwrap().len(), 50);
 }
+
+/// Part V.1 #17 and V.2: a segment is named after the UTC time it was
+/// opened, `YYYYMMDD-HHMMSS.<nine digits>` (not the documented
+/// `YYYYMMDD-HHMMSS`), followed by the per-record suffix.
+#[tokio::test]
+async fn segment_names_are_the_utc_opening_time_with_nanoseconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig::from_json(json!({
+        "log_dir": dir.path(),
+        "per_record": {"Reception": {"suffix": "_recv"}},
+    }))
+    .unwrap();
+    let before = chrono::Utc::now();
+    let logger = Logger::start(config).unwrap();
+    logger.submit(reception(1)).await.unwrap();
+    logger.submit(delivery(1)).await.unwrap();
+    logger.shutdown().await.unwrap();
+    let after = chrono::Utc::now();
+    let files = segments(dir.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    let mut suffixes = Vec::new();
+    for file in &files {
+        let name = file.file_name().unwrap().to_str().unwrap();
+        let bytes = name.as_bytes();
+        assert!(name.len() >= 25, "{name}");
+        for (i, b) in bytes[..25].iter().enumerate() {
+            match i {
+                8 => assert_eq!(*b, b'-', "{name}"),
+                15 => assert_eq!(*b, b'.', "{name}"),
+                _ => assert!(b.is_ascii_digit(), "{name}"),
+            }
+        }
+        let (when, suffix) = tern_log::segment_name::parse_segment_name(name).unwrap();
+        assert!(
+            before <= when && when <= after,
+            "{name}: {when} not in [{before}, {after}]"
+        );
+        assert_eq!(
+            tern_log::segment_name::format_segment_time(when),
+            name[..25],
+            "{name}"
+        );
+        suffixes.push(suffix.to_string());
+    }
+    suffixes.sort();
+    assert_eq!(suffixes, ["", "_recv"]);
+}
+
+/// Part V.1 #17: however often the writer flushes, a segment holds one
+/// zstd frame (tailers and some libraries read only the first frame), and
+/// it becomes read-only when it is complete.
+#[tokio::test]
+async fn a_segment_is_one_zstd_frame_across_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let logger = Logger::start(LogConfig::new(dir.path())).unwrap();
+    for n in 0..5 {
+        logger.submit(reception(n)).await.unwrap();
+        logger.flush().await.unwrap();
+    }
+    let files = segments(dir.path());
+    assert_eq!(files.len(), 1);
+    assert!(!is_read_only(&files[0]), "still open");
+    logger.shutdown().await.unwrap();
+    assert!(is_read_only(&files[0]), "complete segments are read-only");
+    let bytes = fs::read(&files[0]).unwrap();
+    let first_frame = zstd::zstd_safe::find_frame_compressed_size(&bytes).unwrap();
+    assert_eq!(first_frame, bytes.len(), "more than one zstd frame");
+    assert_eq!(zstd_cli_lines(&files[0]).len(), 5);
+}

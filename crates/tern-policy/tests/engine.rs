@@ -363,3 +363,109 @@ async fn strict_parameter_tables_name_the_unknown_key_and_function() {
     assert!(err.contains("kumo.make_sample"), "{err}");
     assert!(err.contains("wieght"), "{err}");
 }
+
+/// Part V.1 #4: every dispatch borrows its own pooled state, so a global
+/// set by one running handler is invisible to a handler running at the
+/// same time in another state.
+#[tokio::test]
+async fn globals_mutated_in_events_are_not_shared_between_pooled_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_policy(
+        &dir,
+        r#"local kumo = require 'kumo'
+kumo.on('count', function()
+  COUNTER = (COUNTER or 0) + 1
+  kumo.sleep(0.2)
+  return tostring(COUNTER)
+end)
+"#,
+    );
+    let engine = engine(path);
+    let (a, b) = tokio::join!(call_string(&engine, "count"), call_string(&engine, "count"));
+    assert_eq!(a.unwrap(), Some(Some("1".into())));
+    assert_eq!(b.unwrap(), Some(Some("1".into())));
+    assert_eq!(engine.states_created(), 2, "one state per concurrent event");
+}
+
+/// Part V.1 #5 / §1.5: the pool limits default to 300 s, 1024 uses and
+/// 8192 spares, and a state older than the maximum age is retired so the
+/// next event re-reads the policy file.
+#[tokio::test]
+async fn edits_take_effect_once_a_state_is_older_than_the_maximum_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = |v: &str| {
+        format!("local kumo = require 'kumo'\nkumo.on('which', function() return '{v}' end)\n")
+    };
+    let path = write_policy(&dir, &policy("one"));
+    let engine = engine(path.clone());
+    let limits = engine.limits();
+    assert_eq!(limits.max_age(), std::time::Duration::from_secs(300));
+    assert_eq!(limits.max_use_count(), 1024);
+    assert_eq!(limits.max_spare(), 8192);
+    limits.set_max_age(std::time::Duration::from_secs(1));
+    assert_eq!(
+        call_string(&engine, "which").await.unwrap(),
+        Some(Some("one".into()))
+    );
+    std::fs::write(&path, policy("two")).unwrap();
+    assert_eq!(
+        call_string(&engine, "which").await.unwrap(),
+        Some(Some("one".into())),
+        "a young pooled state keeps the policy it loaded"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(
+        call_string(&engine, "which").await.unwrap(),
+        Some(Some("two".into()))
+    );
+}
+
+/// Part V.1 #3: a single-handler event stops at its handler whatever it
+/// returns; only the listed events chain.
+#[tokio::test]
+async fn only_the_listed_events_take_several_handlers() {
+    // exactly the names of §1.4
+    for event in [
+        "pre_init",
+        "validate_config",
+        "get_queue_config",
+        "should_enqueue_log_record",
+        "requeue_message",
+        "throttle_insert_ready_queue",
+        "get_acl_definition",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_policy(
+            &dir,
+            &format!(
+                "local kumo = require 'kumo'\nkumo.on('{event}', function() end)\nkumo.on('{event}', function() return 'b' end)\n"
+            ),
+        );
+        assert_eq!(
+            call_string(&engine(path), event).await.unwrap(),
+            Some(Some("b".into())),
+            "{event}"
+        );
+    }
+    for event in [
+        "init",
+        "smtp_server_message_received",
+        "http_message_generated",
+        "get_egress_source",
+        "get_egress_pool",
+        "my_custom_event",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_policy(
+            &dir,
+            &format!(
+                "local kumo = require 'kumo'\nkumo.on('{event}', function() end)\nkumo.on('{event}', function() return 'b' end)\n"
+            ),
+        );
+        let err = engine(path).new_state().await.unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("{event} event already has a handler defined at")),
+            "{event}: {err}"
+        );
+    }
+}
