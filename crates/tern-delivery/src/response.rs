@@ -92,7 +92,15 @@ mod tests {
     #[test]
     fn classification_of_codes() {
         let r = |code| DeliveryResponse::internal(code, None, "x");
-        assert!(r(503).is_transient());
+        assert!(r(503).is_transient() && !r(503).is_permanent());
+        // A 3xx where a 2xx/4xx/5xx was expected is a protocol desync:
+        // retried, never bounced (spec §7.5).
+        for code in [300, 334, 354, 399] {
+            assert!(r(code).is_transient() && !r(code).is_permanent(), "{code}");
+        }
+        for code in [500, 502, 504, 550, 554, 599] {
+            assert!(r(code).is_permanent() && !r(code).is_transient(), "{code}");
+        }
         assert!(r(451).is_transient());
         assert!(r(400).is_transient());
         assert!(!r(250).is_transient() && !r(250).is_permanent());

@@ -189,6 +189,45 @@ mod tests {
         assert!("10/s,burst=3".parse::<ThrottleSpec>().is_err());
     }
 
+    /// Every period word of §0.3, with and without a multiplier, and the
+    /// plural and other near-miss forms the parser must refuse (V.2: the
+    /// docs' `seconds` is not accepted by the source).
+    #[test]
+    fn every_period_word_and_no_plural() {
+        for (word, secs) in [
+            ("s", 1),
+            ("sec", 1),
+            ("second", 1),
+            ("m", 60),
+            ("min", 60),
+            ("minute", 60),
+            ("h", 3600),
+            ("hr", 3600),
+            ("hour", 3600),
+            ("d", 86400),
+            ("day", 86400),
+        ] {
+            let t: ThrottleSpec = format!("10/{word}").parse().unwrap();
+            assert_eq!(t.period.as_secs(), secs, "{word}");
+            let t: ThrottleSpec = format!("10/3{word}").parse().unwrap();
+            assert_eq!(t.period.as_secs(), 3 * secs, "3{word}");
+        }
+        for bad in [
+            "seconds", "secs", "minutes", "mins", "hours", "hrs", "days", "ms", "w", "week", "S",
+            "Hour", "",
+        ] {
+            assert!(
+                format!("10/{bad}").parse::<ThrottleSpec>().is_err(),
+                "'{bad}' must be refused"
+            );
+            assert!(
+                format!("10/2{bad}").parse::<ThrottleSpec>().is_err(),
+                "'2{bad}' must be refused"
+            );
+        }
+        assert!("10/0m".parse::<ThrottleSpec>().is_err());
+    }
+
     #[test]
     fn display_round_trips() {
         for text in ["100/s", "20/30m", "6/m,max_burst=1", "local:5/d", "1000/h"] {

@@ -496,6 +496,17 @@ async fn promote(
         super::deferred_inject::dispatch(mgr, msg).await;
         return;
     }
+    // The queue's own `max_message_rate` (§6.2, §7.1): a refused message
+    // waits for the throttle's retry-after, without jitter and without
+    // counting an attempt (§7.2).
+    if let Some(spec) = &config.max_message_rate {
+        let key = format!("kumomta.scheduled_queue.max_message_rate.{}", queue.name);
+        if let Err(wait) = mgr.throttles.check(&key, spec, Instant::now()) {
+            let how = Requeue::throttled("MessageRateThrottle", wait);
+            disposition::requeue(mgr, msg, how, &queue.name).await;
+            return;
+        }
+    }
     let name = QueueName::parse(&queue.name);
     let routing_domain = msg
         .get_meta_str("routing_domain")
