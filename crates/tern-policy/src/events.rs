@@ -21,6 +21,21 @@ pub const MULTI_HANDLER_EVENTS: &[&str] = &[
     "get_acl_definition",
 ];
 
+/// KumoMTA events that Tern never fires, with the reason. Registering a
+/// handler for one is refused: a handler that silently never runs (a
+/// throttle never applied, a rebind never done) is worse than an error.
+pub const UNFIRED_EVENTS: &[(&str, &str)] = &[
+    (
+        "throttle_insert_ready_queue",
+        "promotion does not call policy throttles yet, and kumo.make_throttle is not supported either",
+    ),
+    ("rebind_message", "there is no admin rebind API yet"),
+    (
+        "xfer_message_received",
+        "there is no inter-node transfer yet",
+    ),
+];
+
 pub fn is_multi_handler(event: &str) -> bool {
     MULTI_HANDLER_EVENTS.contains(&event)
 }
@@ -114,6 +129,12 @@ pub fn kumo_on(
         )));
     }
     let location = caller_location(lua);
+    if let Some((_, why)) = UNFIRED_EVENTS.iter().find(|(name, _)| *name == event) {
+        return Err(mlua::Error::runtime(format!(
+            "{location}: kumo.on('{event}', ...): the {event} event is not supported by \
+             Tern yet ({why}), so this handler would never run"
+        )));
+    }
     table
         .register(&event, function, location)
         .map_err(mlua::Error::runtime)

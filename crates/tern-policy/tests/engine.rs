@@ -424,14 +424,14 @@ async fn edits_take_effect_once_a_state_is_older_than_the_maximum_age() {
 /// returns; only the listed events chain.
 #[tokio::test]
 async fn only_the_listed_events_take_several_handlers() {
-    // exactly the names of §1.4
+    // exactly the names of §1.4 (throttle_insert_ready_queue, the
+    // seventh, is refused outright: see the next test)
     for event in [
         "pre_init",
         "validate_config",
         "get_queue_config",
         "should_enqueue_log_record",
         "requeue_message",
-        "throttle_insert_ready_queue",
         "get_acl_definition",
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -465,6 +465,34 @@ async fn only_the_listed_events_take_several_handlers() {
         let err = engine(path).new_state().await.unwrap_err().to_string();
         assert!(
             err.contains(&format!("{event} event already has a handler defined at")),
+            "{event}: {err}"
+        );
+    }
+}
+
+/// KumoMTA events that Tern never fires cannot be registered: the policy
+/// fails to load with the file and line of the `kumo.on` call, instead of
+/// keeping a handler that would silently never run.
+#[tokio::test]
+async fn events_tern_never_fires_are_refused_at_registration() {
+    for event in [
+        "throttle_insert_ready_queue",
+        "rebind_message",
+        "xfer_message_received",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_policy(
+            &dir,
+            &format!("local kumo = require 'kumo'\n\nkumo.on('{event}', function() end)\n"),
+        );
+        let err = engine(path.clone())
+            .new_state()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("{}:3: kumo.on('{event}', ...)", path.display()))
+                && err.contains("is not supported by Tern yet"),
             "{event}: {err}"
         );
     }

@@ -194,6 +194,19 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     while queues.active_connections() > 0 && std::time::Instant::now() < settle_until {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // §1.1: the policy's last word before the loggers close (a handler may
+    // still log or flush something of its own). A failing handler is
+    // reported and does not stop the shutdown.
+    if let Err(err) = engine
+        .dispatch(
+            "shutdown_logging",
+            |_| Ok(mlua::MultiValue::new()),
+            |_, _| Ok(()),
+        )
+        .await
+    {
+        tracing::error!("shutdown_logging: {err}");
+    }
     for logger in reception.loggers.iter() {
         if let Err(err) = logger.shutdown().await {
             tracing::error!("log shutdown: {err}");

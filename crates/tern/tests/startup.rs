@@ -317,3 +317,36 @@ fn node_id_diag_dir_and_json_format_are_honoured() {
     );
     assert!(records.iter().all(|r| r["nodeid"] == node), "{records:?}");
 }
+
+/// §1.1: a graceful shutdown fires `shutdown_logging` before the loggers
+/// close; a handler that fails is reported and the shutdown still ends
+/// cleanly.
+#[test]
+fn shutdown_fires_shutdown_logging() {
+    let marker = r#"
+kumo.on('shutdown_logging', function()
+  local f = assert(io.open('{dir}/shutdown-marker', 'w'))
+  f:write('ran')
+  f:close()
+end)
+"#;
+    let mut server = builder(&(http_policy() + marker)).start().unwrap();
+    let path = server.dir().join("shutdown-marker");
+    assert!(!path.exists(), "the event ran before any shutdown");
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(20)).unwrap();
+    assert!(status.success(), "{}", server.output());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "ran");
+
+    let failing = "\nkumo.on('shutdown_logging', function() error('boom at shutdown') end)\n";
+    let mut server = builder(&(http_policy() + failing)).start().unwrap();
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(20)).unwrap();
+    let output = server.output();
+    assert!(status.success(), "{output}");
+    assert!(
+        output.contains("shutdown_logging:") && output.contains("boom at shutdown"),
+        "{output}"
+    );
+    assert!(output.contains("shutdown complete"), "{output}");
+}
