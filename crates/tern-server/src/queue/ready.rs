@@ -546,7 +546,10 @@ async fn deliver_one(
     let mut pending: VecDeque<EnvelopeAddress> = msg.recipients().into();
     let data = msg.data();
     let batch_size = path.max_recipients_per_batch.max(1);
-    let mut outcomes: Vec<(EnvelopeAddress, Outcome, DeliveryResponse)> =
+    // The last field: the response is the peer's refusal (or the 8-bit
+    // check), which `smtp_client_rewrite_delivery_status` may rewrite; a
+    // transport failure is not.
+    let mut outcomes: Vec<(EnvelopeAddress, Outcome, DeliveryResponse, bool)> =
         Vec::with_capacity(pending.len());
     while !pending.is_empty() {
         let take = pending.len().min(batch_size);
@@ -561,7 +564,7 @@ async fn deliver_one(
                 batch
                     .into_iter()
                     .chain(pending.drain(..))
-                    .map(|r| (r, Outcome::Transient, response.clone())),
+                    .map(|r| (r, Outcome::Transient, response.clone(), false)),
             );
             break;
         }
@@ -572,7 +575,7 @@ async fn deliver_one(
                     if result.too_many {
                         retry_now.push(recipient);
                     } else {
-                        outcomes.push((recipient, result.outcome, result.response));
+                        outcomes.push((recipient, result.outcome, result.response, true));
                     }
                 }
                 // "Too many recipients": the rest go in the next transaction
@@ -587,13 +590,13 @@ async fn deliver_one(
                     // A 421 in the middle: the replies already given stand,
                     // the recipients after it are transient.
                     for (recipient, result) in batch.into_iter().zip(answered) {
-                        outcomes.push((recipient, result.outcome, result.response.clone()));
+                        outcomes.push((recipient, result.outcome, result.response.clone(), true));
                     }
                     let response = err.response();
                     outcomes.extend(
                         pending
                             .drain(..)
-                            .map(|r| (r, Outcome::Transient, response.clone())),
+                            .map(|r| (r, Outcome::Transient, response.clone(), true)),
                     );
                     break;
                 }
@@ -602,6 +605,9 @@ async fn deliver_one(
                     return;
                 }
                 let response = err.response();
+                // Only the 8-bit checks stand for a refusal; timeouts, I/O
+                // errors and protocol errors are not asked about.
+                let rewritable = err.is_permanent();
                 let outcome = if err.is_permanent() {
                     Outcome::Permanent
                 } else {
@@ -611,7 +617,7 @@ async fn deliver_one(
                     batch
                         .into_iter()
                         .chain(pending.drain(..))
-                        .map(|r| (r, outcome, response.clone())),
+                        .map(|r| (r, outcome, response.clone(), rewritable)),
                 );
             }
         }
@@ -625,7 +631,7 @@ async fn settle(
     mgr: &Arc<QueueManager>,
     ready: &ReadyQueue,
     msg: Message,
-    outcomes: Vec<(EnvelopeAddress, Outcome, DeliveryResponse)>,
+    outcomes: Vec<(EnvelopeAddress, Outcome, DeliveryResponse, bool)>,
     facts: &AttemptFacts,
 ) {
     let queue = queue_of(&msg);
@@ -678,22 +684,40 @@ async fn settle(
 }
 
 /// `smtp_client_rewrite_delivery_status(response, domain, tenant,
-/// campaign, routing_domain)` (§7.5): for every reply other than 250, a
-/// handler may return a new code; the content then notes the rewrite and
-/// the outcome follows the new code.
+/// campaign, routing_domain)` (§7.5): for every refusal by the peer (a reply
+/// other than 250 to MAIL, RCPT, DATA or the final dot, and the 8-bit
+/// checks), a handler may return a new code; the content then notes the
+/// rewrite and the outcome follows the new code. As in KumoMTA, failures
+/// without a reply (timeouts, dropped connections) are not rewritten.
 async fn rewrite_statuses(
     mgr: &QueueManager,
     queue: &str,
-    mut outcomes: Vec<(EnvelopeAddress, Outcome, DeliveryResponse)>,
+    outcomes: Vec<(EnvelopeAddress, Outcome, DeliveryResponse, bool)>,
 ) -> Vec<(EnvelopeAddress, Outcome, DeliveryResponse)> {
     const EVENT: &str = "smtp_client_rewrite_delivery_status";
-    if outcomes.iter().all(|(_, _, r)| r.code == 250)
+    let mut outcomes: Vec<_> = outcomes
+        .into_iter()
+        .map(|(recipient, outcome, response, rewritable)| {
+            let rewritable = rewritable && response.code != 250;
+            (recipient, outcome, response, rewritable)
+        })
+        .collect();
+    let strip = |outcomes: Vec<(EnvelopeAddress, Outcome, DeliveryResponse, bool)>| {
+        outcomes
+            .into_iter()
+            .map(|(recipient, outcome, response, _)| (recipient, outcome, response))
+            .collect()
+    };
+    if !outcomes.iter().any(|(_, _, _, rewritable)| *rewritable)
         || !mgr.engine.has_handler(EVENT).await.unwrap_or(false)
     {
-        return outcomes;
+        return strip(outcomes);
     }
     let parts = tern_types::QueueName::parse(queue);
-    for (_, outcome, response) in outcomes.iter_mut().filter(|(_, _, r)| r.code != 250) {
+    for (_, outcome, response, _) in outcomes
+        .iter_mut()
+        .filter(|(_, _, _, rewritable)| *rewritable)
+    {
         let args = (
             response.to_single_line(),
             parts.domain.clone(),
@@ -733,7 +757,7 @@ async fn rewrite_statuses(
             Err(err) => tracing::error!("{EVENT}: {err}"),
         }
     }
-    outcomes
+    strip(outcomes)
 }
 
 /// Maildir delivery (§22) straight from the scheduled queue: the message
