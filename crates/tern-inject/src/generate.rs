@@ -157,7 +157,7 @@ impl<'r> Generator<'r> {
         }
         for (header, spec) in [("From", &b.from), ("Reply-To", &b.reply_to)] {
             if let Some((email, name)) = spec {
-                let email = render(*email)?;
+                let email = header_address(field_of(header), &render(*email)?)?;
                 let name = name.map(render).transpose()?;
                 write_mailbox_header(out, header, name.as_deref(), &email);
             }
@@ -204,6 +204,30 @@ impl<'r> Generator<'r> {
         root.write(out, &self.boundaries);
         Ok(())
     }
+}
+
+/// The request field behind a generated address header.
+fn field_of(header: &str) -> &'static str {
+    if header == "From" { "from" } else { "reply_to" }
+}
+
+/// The (rendered) `email` of `from` / `reply_to` as an addr-spec, or why
+/// this recipient's message cannot be built: as in KumoMTA, an address
+/// that does not parse fails the recipient instead of producing a
+/// malformed header.
+fn header_address(field: &str, email: &str) -> Result<String, String> {
+    let invalid = |why: String| format!("{field}.email: invalid address: {why}");
+    if email.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "'{}' contains control characters",
+            email.escape_debug()
+        )));
+    }
+    let parsed = tern_types::EnvelopeAddress::parse(email).map_err(invalid)?;
+    if parsed.is_null() {
+        return Err(invalid("empty address".into()));
+    }
+    Ok(parsed.email().to_string())
 }
 
 fn compile_builder<'r>(

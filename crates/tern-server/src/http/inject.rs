@@ -82,7 +82,10 @@ impl Origin {
 /// What the blocking generation step needs to know about the request's
 /// context.
 struct Context {
+    /// The listener's `hostname`: the right side of generated Message-IDs.
     hostname: String,
+    /// The machine's host name, named by the `Received` header (§4.3).
+    machine_hostname: String,
     peer_ip: String,
     /// Whether trace headers can be written before the policy sees the
     /// message (no `http_message_generated` handler).
@@ -284,6 +287,7 @@ pub async fn expand_and_accept(
         .map_err(|err| ExpandError::Internal(format!("cannot load the policy: {err}")))?;
     let context = Context {
         hostname: origin.hostname.clone(),
+        machine_hostname: state.hostname.clone(),
         peer_ip: origin.peer_ip.clone(),
         headers_up_front: !has_handler,
         base_meta: origin.base_meta(),
@@ -364,8 +368,10 @@ async fn accept(
 }
 
 /// Drop messages bound for the `null` queue: they count as delivered but
-/// are neither spooled nor logged for HTTP (§5.3, Part V.13). Messages
-/// whose queue cannot be computed stay in and make `accept` fail.
+/// are neither spooled nor logged for HTTP (§5.3, Part V.13). A message
+/// whose queue cannot be computed (e.g. a null recipient the policy did
+/// not route) fails its own recipient here, so that it cannot make
+/// `accept` refuse the rest of the request.
 fn split_null_queue(
     messages: Vec<(String, Message)>,
     response: &mut InjectResponse,
@@ -373,9 +379,16 @@ fn split_null_queue(
     let mut emails = Vec::with_capacity(messages.len());
     let mut kept = Vec::with_capacity(messages.len());
     for (email, msg) in messages {
-        if msg.queue_name().is_ok_and(|q| q == "null") {
-            response.success_count += 1;
-            continue;
+        match msg.queue_name() {
+            Ok(queue) if queue == "null" => {
+                response.success_count += 1;
+                continue;
+            }
+            Ok(_) => {}
+            Err(reason) => {
+                response.fail(&email, format!("cannot compute the queue name: {reason}"));
+                continue;
+            }
         }
         emails.push(email);
         kept.push(msg);
@@ -417,7 +430,7 @@ fn generate_all(request: &InjectRequest, context: &Context) -> Result<Vec<Prepar
                     data.extend_from_slice(
                         format!(
                             "Received: from {sender_domain} ({})\r\n  by {} (KumoMTA)\r\n  with HTTP id {id} for <{}>;\r\n  {date}\r\n",
-                            context.peer_ip, context.hostname, recipient.email
+                            context.peer_ip, context.machine_hostname, recipient.email
                         )
                         .as_bytes(),
                     );
