@@ -4,6 +4,8 @@
 //! bodies, TLS and every kind of bad input are exercised over HTTP with
 //! the testkit client and `curl`.
 
+mod common;
+
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -159,26 +161,6 @@ fn spooled_messages(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn read_records(dir: &Path) -> Vec<Value> {
-    let mut records = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir.join("logs")) else {
-        return records;
-    };
-    for entry in entries.flatten() {
-        let out = Command::new("zstd")
-            .arg("-dc")
-            .arg(entry.path())
-            .output()
-            .unwrap();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if let Ok(v) = serde_json::from_str::<Value>(line) {
-                records.push(v);
-            }
-        }
-    }
-    records
-}
-
 #[test]
 fn builder_request_generates_one_well_formed_message_per_recipient() {
     let server = start(CAPTURE_HOOK);
@@ -308,7 +290,7 @@ fn builder_request_generates_one_well_formed_message_per_recipient() {
     assert!(data.starts_with("X-KumoRef: "), "{data}");
 
     let dir = server.stop();
-    let records = read_records(dir.path());
+    let records = common::records(&dir.path().join("logs"));
     let receptions: Vec<&Value> = records
         .iter()
         .filter(|r| r["type"] == "Reception")
@@ -528,7 +510,7 @@ fn deferred_generation_queues_the_request_itself() {
     let stored: Value = serde_json::from_slice(&std::fs::read(&spooled[0]).unwrap()).unwrap();
     assert_eq!(stored, request);
     let dir = server.stop();
-    let records = read_records(dir.path());
+    let records = common::records(&dir.path().join("logs"));
     let reception = records
         .iter()
         .find(|r| r["type"] == "Reception")
@@ -704,7 +686,7 @@ fn authentication_and_authorization() {
     assert_eq!(code, 401);
 
     let dir = server.stop();
-    let records = read_records(dir.path());
+    let records = common::records(&dir.path().join("logs"));
     let reception = records
         .iter()
         .find(|r| r["type"] == "Reception")

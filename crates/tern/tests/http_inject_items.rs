@@ -4,8 +4,10 @@
 //! `deferred_generation` carried through to the generated messages, and
 //! builder details (part order, escaping, header precedence, addresses).
 
+mod common;
+
+use common::{files_under, records};
 use serde_json::{Value, json};
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tern_testkit::{Builder, TernServer, http_request};
@@ -81,46 +83,6 @@ fn inject(server: &TernServer, body: &Value) -> (u16, Value) {
     .unwrap();
     let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
     (status, value)
-}
-
-/// Every message file of the LocalDisk data spool, as text.
-fn spooled(dir: &Path) -> Vec<String> {
-    fn walk(path: &Path, out: &mut Vec<String>) {
-        if let Ok(entries) = std::fs::read_dir(path) {
-            for entry in entries.flatten() {
-                let p = entry.path();
-                if p.is_dir() {
-                    walk(&p, out);
-                } else {
-                    out.push(String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into());
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&dir.join("spool/data/data"), &mut out);
-    out
-}
-
-fn records(dir: &Path) -> Vec<Value> {
-    let mut records = Vec::new();
-    for entry in std::fs::read_dir(dir.join("logs"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let out = Command::new("zstd")
-            .arg("-dc")
-            .arg(entry.path())
-            .output()
-            .unwrap();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if let Ok(v) = serde_json::from_str::<Value>(line) {
-                records.push(v);
-            }
-        }
-    }
-    records
 }
 
 /// The host name `gethostname` reports.
@@ -207,7 +169,7 @@ fn trace_headers_null_queue_and_policy_failures() {
 
     // What was spooled: only keep@, the supplemental header on top with
     // the meta the policy set.
-    let messages = spooled(server.dir());
+    let messages = files_under(&server.dir().join("spool/data/data"));
     assert_eq!(messages.len(), 1, "{messages:?}");
     let message = &messages[0];
     assert!(!message.contains("X-KumoRef"), "{message}");
@@ -221,7 +183,7 @@ fn trace_headers_null_queue_and_policy_failures() {
     );
 
     let dir = server.stop();
-    let records = records(dir.path());
+    let records = records(&dir.path().join("logs"));
     let receptions = receptions(&records);
     assert_eq!(receptions.len(), 1, "{records:#?}");
     assert_eq!(receptions[0]["recipient"], "keep@example.com");
@@ -243,7 +205,7 @@ fn no_supplemental_header_and_deferred_spool() {
         let (status, response) = inject(&server, &request);
         assert_eq!(status, 200);
         assert_eq!(response["success_count"], 1, "{response}");
-        let messages = spooled(server.dir());
+        let messages = files_under(&server.dir().join("spool/data/data"));
         assert_eq!(messages.len(), 1);
         assert!(
             messages[0].starts_with("Subject: hi\r\n"),
@@ -263,9 +225,9 @@ fn no_supplemental_header_and_deferred_spool() {
     let (status, response) = inject(&server, &request);
     assert_eq!(status, 200);
     assert_eq!(response["success_count"], 2, "{response}");
-    assert!(spooled(server.dir()).is_empty());
+    assert!(files_under(&server.dir().join("spool/data/data")).is_empty());
     let dir = server.stop();
-    assert_eq!(receptions(&records(dir.path())).len(), 2);
+    assert_eq!(receptions(&records(&dir.path().join("logs"))).len(), 2);
 }
 
 /// §4.5 end to end: the stored request is expanded by the internal queue
@@ -317,7 +279,7 @@ fn deferred_generation_expands_later_through_the_policy() {
     // The two generated messages replace the request in the spool.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let messages = spooled(server.dir());
+        let messages = files_under(&server.dir().join("spool/data/data"));
         if messages.len() == 2 && messages.iter().all(|m| m.starts_with("X-KumoRef: ")) {
             break;
         }
@@ -325,7 +287,7 @@ fn deferred_generation_expands_later_through_the_policy() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let dir = server.stop();
-    let records = records(dir.path());
+    let records = records(&dir.path().join("logs"));
     let mut recipients: Vec<&str> = receptions(&records)
         .iter()
         .map(|r| r["recipient"].as_str().unwrap())
@@ -364,7 +326,7 @@ fn builder_parts_escaping_and_headers() {
     let (status, response) = inject(&server, &request);
     assert_eq!(status, 200);
     assert_eq!(response["success_count"], 1, "{response}");
-    let messages = spooled(server.dir());
+    let messages = files_under(&server.dir().join("spool/data/data"));
     let m = &messages[0];
     assert!(m.contains("\r\nSubject: S A&B <c>\r\n"), "{m}");
     assert!(!m.contains("ignored"), "{m}");
@@ -402,7 +364,7 @@ fn builder_parts_escaping_and_headers() {
         assert!(error.starts_with("a@example.com: "), "{error}");
         assert!(error.contains(field), "{error}");
     }
-    assert!(spooled(server.dir()).is_empty());
+    assert!(files_under(&server.dir().join("spool/data/data")).is_empty());
     server.stop();
 }
 
@@ -425,7 +387,7 @@ fn an_unusable_recipient_fails_alone() {
         json!(["", "<>"]),
         "{response}"
     );
-    assert_eq!(spooled(server.dir()).len(), 1);
+    assert_eq!(files_under(&server.dir().join("spool/data/data")).len(), 1);
     server.stop();
 }
 
@@ -463,7 +425,7 @@ fn template_dialects_over_http() {
         let (status, response) = inject(&server, &request);
         assert_eq!(status, 200, "{dialect}: {response}");
         assert_eq!(response["success_count"], 1, "{dialect}: {response}");
-        let messages = spooled(server.dir());
+        let messages = files_under(&server.dir().join("spool/data/data"));
         assert!(
             messages.iter().any(|m| m.starts_with(expected)),
             "{dialect}: {messages:#?}"

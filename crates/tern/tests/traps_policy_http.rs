@@ -4,6 +4,9 @@
 //! DKIM signature made in the reception events (#15), and realtime policy
 //! edits reaching events while `init` is not run again (#5).
 
+mod common;
+
+use common::{files_under, records};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -125,50 +128,14 @@ fn request(recipients: &[&str], extra: Value) -> Value {
     request
 }
 
-/// The message files of the LocalDisk data spool.
-fn spooled(dir: &Path) -> Vec<String> {
-    fn walk(path: &Path, out: &mut Vec<String>) {
-        if let Ok(entries) = std::fs::read_dir(path) {
-            for entry in entries.flatten() {
-                let p = entry.path();
-                if p.is_dir() {
-                    walk(&p, out);
-                } else if let Ok(text) = std::fs::read_to_string(&p) {
-                    out.push(text);
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&dir.join("spool/data"), &mut out);
-    out
-}
-
 fn spooled_for(dir: &Path, recipient: &str) -> String {
     let needle = format!("\r\nTo: {recipient}\r\n");
-    let found: Vec<String> = spooled(dir)
+    let found: Vec<String> = files_under(&dir.join("spool/data"))
         .into_iter()
         .filter(|m| m.contains(&needle))
         .collect();
     assert_eq!(found.len(), 1, "spooled copies for {recipient}: {found:?}");
     found.into_iter().next().unwrap()
-}
-
-fn records(dir: &Path) -> Vec<Value> {
-    let mut records = Vec::new();
-    for entry in std::fs::read_dir(dir.join("logs")).unwrap().flatten() {
-        let out = Command::new("zstd")
-            .arg("-dc")
-            .arg(entry.path())
-            .output()
-            .unwrap();
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if let Ok(v) = serde_json::from_str::<Value>(line) {
-                records.push(v);
-            }
-        }
-    }
-    records
 }
 
 fn smtp_send(server: &TernServer, rcpt: &str) {
@@ -273,14 +240,14 @@ fn null_queue_failures_and_trace_header_defaults() {
         smtp_kept.contains("\r\nReceived: from client.test"),
         "SMTP adds a Received header by default: {smtp_kept}"
     );
-    let all = spooled(server.dir());
+    let all = files_under(&server.dir().join("spool/data"));
     assert!(
         !all.iter().any(|m| m.contains("blackhole")),
         "null-queued messages are not spooled"
     );
 
     let dir = server.stop();
-    let receptions: Vec<Value> = records(dir.path())
+    let receptions: Vec<Value> = records(&dir.path().join("logs"))
         .into_iter()
         .filter(|r| r["type"] == "Reception")
         .collect();

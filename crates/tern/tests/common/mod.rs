@@ -318,3 +318,23 @@ pub fn ids_from(reply: &str) -> Vec<String> {
         .map(|(_, ids)| ids.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default()
 }
+
+/// The contents of every file under `dir` (a LocalDisk spool or part of
+/// one), read lossily as text, in no particular order.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(path: &Path, out: &mut Vec<String>) {
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for entry in entries.flatten() {
+                let p = entry.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if let Ok(bytes) = std::fs::read(&p) {
+                    out.push(String::from_utf8_lossy(&bytes).into_owned());
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out
+}
