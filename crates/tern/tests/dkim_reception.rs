@@ -2,6 +2,8 @@
 //! `kumo.json_load`, a message received over SMTP signed by its From
 //! domain, and the spooled message verified by dkimpy.
 
+mod common;
+
 use std::process::Command;
 use tern_testkit::Builder;
 
@@ -29,21 +31,7 @@ end)
 #[test]
 fn messages_are_signed_by_from_domain_and_verify_in_dkimpy() {
     let keys = tempfile::tempdir().unwrap();
-    let key = keys.path().join("key.pem");
-    let status = Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&key)
-        .arg("2048")
-        .output()
-        .unwrap();
-    assert!(status.status.success());
-    let public = Command::new("openssl")
-        .args(["rsa", "-pubout", "-outform", "DER", "-in"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    use base64::Engine;
-    let p = base64::engine::general_purpose::STANDARD.encode(&public.stdout);
+    let (key, p) = common::rsa_key(keys.path());
 
     let server = Builder::new(POLICY)
         .binary(env!("CARGO_BIN_EXE_tern"))

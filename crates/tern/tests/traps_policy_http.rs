@@ -6,9 +6,9 @@
 
 mod common;
 
-use common::{files_under, records};
+use common::{files_under, records, rsa_key};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tern_testkit::{Builder, TernServer, http_request};
@@ -80,27 +80,6 @@ fn start(version: &str, key: &Path) -> TernServer {
         std::thread::sleep(Duration::from_millis(25));
     }
     panic!("never live; output:\n{}", server.output());
-}
-
-fn rsa_key(dir: &Path) -> (PathBuf, String) {
-    let key = dir.join("key.pem");
-    let out = Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&key)
-        .arg("2048")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let public = Command::new("openssl")
-        .args(["rsa", "-pubout", "-outform", "DER", "-in"])
-        .arg(&key)
-        .output()
-        .unwrap();
-    use base64::Engine;
-    (
-        key,
-        base64::engine::general_purpose::STANDARD.encode(&public.stdout),
-    )
 }
 
 fn inject(server: &TernServer, request: &Value) -> (u16, Value) {

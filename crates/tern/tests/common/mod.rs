@@ -338,3 +338,26 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     walk(dir, &mut out);
     out
 }
+
+/// A new 2048-bit RSA key written to `dir/key.pem` by `openssl`, and its
+/// public half as base64 DER (the `p=` of a DKIM DNS record).
+pub fn rsa_key(dir: &Path) -> (std::path::PathBuf, String) {
+    let key = dir.join("key.pem");
+    let out = Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let public = Command::new("openssl")
+        .args(["rsa", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    use base64::Engine;
+    (
+        key,
+        base64::engine::general_purpose::STANDARD.encode(&public.stdout),
+    )
+}
