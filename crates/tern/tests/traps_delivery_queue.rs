@@ -305,14 +305,21 @@ end)
             "{record}"
         );
     }
+    // Each retry waits the next backoff delay, plus up to one tick of the
+    // scheduled queue's 1-second timer wheel.
     let times: Vec<f64> = failures.iter().map(|r| event_seconds(r)).collect();
     for (i, expected) in [1.0, 2.0, 4.0].iter().enumerate() {
         let gap = times[i + 1] - times[i];
         assert!(
-            gap >= expected - 0.2 && gap <= expected * 1.5 + 0.5,
+            gap >= expected - 0.2 && gap <= expected + 1.2,
             "gap {i} is {gap:.2}s, expected {expected}s: {times:?}"
         );
     }
+    // The delays grow: the attempts advanced the backoff.
+    assert!(
+        times[3] - times[2] > times[1] - times[0] + 1.5,
+        "the backoff did not grow: {times:?}"
+    );
     assert_eq!(sink.stats().messages, 0);
 }
 

@@ -528,6 +528,33 @@ async fn wait_for_throttle(mgr: &QueueManager, key: &str, spec: &tern_types::Thr
     true
 }
 
+/// What became of one recipient in a delivery attempt.
+struct RecipientOutcome {
+    recipient: EnvelopeAddress,
+    outcome: Outcome,
+    response: DeliveryResponse,
+    /// The response is the peer's refusal (or the 8-bit check), which
+    /// `smtp_client_rewrite_delivery_status` may rewrite; a transport
+    /// failure (timeout, dropped connection) is not.
+    from_peer: bool,
+}
+
+impl RecipientOutcome {
+    fn new(
+        recipient: EnvelopeAddress,
+        outcome: Outcome,
+        response: DeliveryResponse,
+        from_peer: bool,
+    ) -> Self {
+        Self {
+            recipient,
+            outcome,
+            response,
+            from_peer,
+        }
+    }
+}
+
 /// One message over `conn`, in as many transactions as
 /// `max_recipients_per_batch` needs; then its disposition per recipient.
 /// With `retry_elsewhere` (`try_next_host_on_transport_error`), a message
@@ -546,11 +573,7 @@ async fn deliver_one(
     let mut pending: VecDeque<EnvelopeAddress> = msg.recipients().into();
     let data = msg.data();
     let batch_size = path.max_recipients_per_batch.max(1);
-    // The last field: the response is the peer's refusal (or the 8-bit
-    // check), which `smtp_client_rewrite_delivery_status` may rewrite; a
-    // transport failure is not.
-    let mut outcomes: Vec<(EnvelopeAddress, Outcome, DeliveryResponse, bool)> =
-        Vec::with_capacity(pending.len());
+    let mut outcomes: Vec<RecipientOutcome> = Vec::with_capacity(pending.len());
     while !pending.is_empty() {
         let take = pending.len().min(batch_size);
         let batch: Vec<EnvelopeAddress> = pending.drain(..take).collect();
@@ -564,7 +587,7 @@ async fn deliver_one(
                 batch
                     .into_iter()
                     .chain(pending.drain(..))
-                    .map(|r| (r, Outcome::Transient, response.clone(), false)),
+                    .map(|r| RecipientOutcome::new(r, Outcome::Transient, response.clone(), false)),
             );
             break;
         }
@@ -575,7 +598,12 @@ async fn deliver_one(
                     if result.too_many {
                         retry_now.push(recipient);
                     } else {
-                        outcomes.push((recipient, result.outcome, result.response, true));
+                        outcomes.push(RecipientOutcome::new(
+                            recipient,
+                            result.outcome,
+                            result.response,
+                            true,
+                        ));
                     }
                 }
                 // "Too many recipients": the rest go in the next transaction
@@ -590,14 +618,17 @@ async fn deliver_one(
                     // A 421 in the middle: the replies already given stand,
                     // the recipients after it are transient.
                     for (recipient, result) in batch.into_iter().zip(answered) {
-                        outcomes.push((recipient, result.outcome, result.response.clone(), true));
+                        outcomes.push(RecipientOutcome::new(
+                            recipient,
+                            result.outcome,
+                            result.response.clone(),
+                            true,
+                        ));
                     }
                     let response = err.response();
-                    outcomes.extend(
-                        pending
-                            .drain(..)
-                            .map(|r| (r, Outcome::Transient, response.clone(), true)),
-                    );
+                    outcomes.extend(pending.drain(..).map(|r| {
+                        RecipientOutcome::new(r, Outcome::Transient, response.clone(), true)
+                    }));
                     break;
                 }
                 if retry_elsewhere && outcomes.is_empty() && !err.is_permanent() {
@@ -617,7 +648,7 @@ async fn deliver_one(
                     batch
                         .into_iter()
                         .chain(pending.drain(..))
-                        .map(|r| (r, outcome, response.clone(), rewritable)),
+                        .map(|r| RecipientOutcome::new(r, outcome, response.clone(), rewritable)),
                 );
             }
         }
@@ -631,7 +662,7 @@ async fn settle(
     mgr: &Arc<QueueManager>,
     ready: &ReadyQueue,
     msg: Message,
-    outcomes: Vec<(EnvelopeAddress, Outcome, DeliveryResponse, bool)>,
+    outcomes: Vec<RecipientOutcome>,
     facts: &AttemptFacts,
 ) {
     let queue = queue_of(&msg);
@@ -639,7 +670,13 @@ async fn settle(
     let single = outcomes.len() == 1;
     let mut transient = Vec::new();
     let mut first_transient: Option<Response> = None;
-    for (recipient, outcome, response) in outcomes {
+    for RecipientOutcome {
+        recipient,
+        outcome,
+        response,
+        ..
+    } in outcomes
+    {
         let kind = match outcome {
             Outcome::Delivered => RecordType::Delivery,
             Outcome::Permanent => RecordType::Bounce,
@@ -692,31 +729,21 @@ async fn settle(
 async fn rewrite_statuses(
     mgr: &QueueManager,
     queue: &str,
-    outcomes: Vec<(EnvelopeAddress, Outcome, DeliveryResponse, bool)>,
-) -> Vec<(EnvelopeAddress, Outcome, DeliveryResponse)> {
+    mut outcomes: Vec<RecipientOutcome>,
+) -> Vec<RecipientOutcome> {
     const EVENT: &str = "smtp_client_rewrite_delivery_status";
-    let mut outcomes: Vec<_> = outcomes
-        .into_iter()
-        .map(|(recipient, outcome, response, rewritable)| {
-            let rewritable = rewritable && response.code != 250;
-            (recipient, outcome, response, rewritable)
-        })
-        .collect();
-    let strip = |outcomes: Vec<(EnvelopeAddress, Outcome, DeliveryResponse, bool)>| {
-        outcomes
-            .into_iter()
-            .map(|(recipient, outcome, response, _)| (recipient, outcome, response))
-            .collect()
-    };
-    if !outcomes.iter().any(|(_, _, _, rewritable)| *rewritable)
+    for item in &mut outcomes {
+        item.from_peer &= item.response.code != 250;
+    }
+    if !outcomes.iter().any(|item| item.from_peer)
         || !mgr.engine.has_handler(EVENT).await.unwrap_or(false)
     {
-        return strip(outcomes);
+        return outcomes;
     }
     let parts = tern_types::QueueName::parse(queue);
-    for (_, outcome, response, _) in outcomes
-        .iter_mut()
-        .filter(|(_, _, _, rewritable)| *rewritable)
+    for RecipientOutcome {
+        outcome, response, ..
+    } in outcomes.iter_mut().filter(|item| item.from_peer)
     {
         let args = (
             response.to_single_line(),
@@ -757,7 +784,7 @@ async fn rewrite_statuses(
             Err(err) => tracing::error!("{EVENT}: {err}"),
         }
     }
-    strip(outcomes)
+    outcomes
 }
 
 /// Maildir delivery (§22) straight from the scheduled queue: the message
