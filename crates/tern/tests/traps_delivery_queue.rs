@@ -447,3 +447,68 @@ end)
     }
     assert_eq!(count(&seen, "TransientFailure"), 0, "{seen:#?}");
 }
+
+/// §11.2: when an egress path's `max_message_rate` (or, for a new
+/// connection, `max_connection_rate`) would hold the next message longer
+/// than `idle_timeout`, nothing sits on it: that message and the rest of
+/// the ready queue go back to their scheduled queues, due when the
+/// throttle allows again, with no attempt counted.
+#[test]
+fn an_egress_rate_wait_beyond_idle_timeout_sends_the_ready_queue_back() {
+    egress_throttle_sends_back("max_message_rate = '1/h'", "MessageRateThrottle");
+    egress_throttle_sends_back(
+        "max_connection_rate = '1/h', max_deliveries_per_connection = 1",
+        "ConnectionRateThrottle",
+    );
+}
+
+fn egress_throttle_sends_back(throttle: &str, context: &str) {
+    let sink = TestSink::start(SinkConfig::default());
+    let policy = format!(
+        r#"{head}
+kumo.on('get_queue_config', function()
+  return kumo.make_queue_config {{
+    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{port}' }} }} }},
+  }}
+end)
+kumo.on('get_egress_path_config', function()
+  return kumo.make_egress_path {{
+    prohibited_hosts = {{}}, enable_tls = 'Disabled',
+    {throttle}, idle_timeout = '2s',
+  }}
+end)
+"#,
+        head = policy_head("LocalDisk"),
+        port = sink.port()
+    );
+    let server = start_tern(policy);
+    send(
+        &server,
+        &["e1@example.com", "e2@example.com", "e3@example.com"],
+    );
+    let logs = server.dir().join("logs");
+    let seen = wait_for_records(&logs, Duration::from_secs(30), |r| {
+        count(r, "Delivery") >= 1 && count(r, "Delayed") >= 2
+    });
+    // One message passes the throttle; waiting an hour for the next is
+    // far beyond the 2 s idle_timeout.
+    assert_eq!(count(&seen, "Delivery"), 1, "{throttle}: {seen:#?}");
+    assert_eq!(sink.stats().messages, 1, "{throttle}");
+    let delayed = of_type(&seen, "Delayed");
+    assert_eq!(delayed.len(), 2, "{throttle}: {seen:#?}");
+    for record in delayed {
+        let content = record["response"]["content"].as_str().unwrap();
+        assert!(
+            content.starts_with(&format!("Context: {context}. Next due in")),
+            "{record}"
+        );
+        // Due in about an hour (the throttle's wait), not a backoff step.
+        let due_in = content.split("Next due in ").nth(1).unwrap_or_default();
+        assert!(
+            due_in.starts_with("59m") || due_in.starts_with("1h"),
+            "{record}"
+        );
+        assert_eq!(record["num_attempts"], 0, "{record}");
+    }
+    assert_eq!(count(&seen, "TransientFailure"), 0, "{seen:#?}");
+}

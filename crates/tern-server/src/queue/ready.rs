@@ -183,6 +183,25 @@ impl ReadyQueue {
         self.state.lock().queue.push_front(msg);
     }
 
+    /// A throttle of this path will not allow a message for longer than
+    /// `idle_timeout`: rather than hold a connection (and the queue) that
+    /// long, `first` and every message waiting here go back to their
+    /// scheduled queues, due when the throttle allows again, with no
+    /// attempt counted (a `Delayed` record names `context`).
+    async fn delay_all(
+        &self,
+        mgr: &Arc<QueueManager>,
+        first: Option<Message>,
+        context: &'static str,
+        wait: Duration,
+    ) {
+        let waiting: Vec<Message> = self.state.lock().queue.drain(..).collect();
+        for msg in first.into_iter().chain(waiting) {
+            let queue = queue_of(&msg);
+            disposition::requeue(mgr, msg, Requeue::throttled(context, wait), &queue).await;
+        }
+    }
+
     /// Start connection tasks while messages outnumber connections and the
     /// limits allow.
     fn maybe_spawn(self: &Arc<Self>, mgr: &Arc<QueueManager>) {
@@ -210,7 +229,16 @@ impl ReadyQueue {
                 let key = format!("kumomta.max_connection_rate.{}", self.name);
                 if let Err(wait) = mgr.throttles.check(&key, spec, Instant::now()) {
                     drop(leases);
-                    self.respawn_later(mgr, wait);
+                    if wait > path.idle_timeout {
+                        let (mgr, ready) = (mgr.clone(), self.clone());
+                        tokio::spawn(async move {
+                            ready
+                                .delay_all(&mgr, None, "ConnectionRateThrottle", wait)
+                                .await;
+                        });
+                    } else {
+                        self.respawn_later(mgr, wait);
+                    }
                     return;
                 }
             }
@@ -486,17 +514,35 @@ async fn run_session(
                 }
             }
         };
-        let mut throttled_until_shutdown = false;
-        if let Some(spec) = &path.max_message_rate {
-            throttled_until_shutdown |= !wait_for_throttle(mgr, &rate_key, spec).await;
+        let throttles = path
+            .max_message_rate
+            .iter()
+            .map(|spec| (rate_key.as_str(), spec))
+            .chain(
+                path.additional_message_rate_throttles
+                    .iter()
+                    .map(|(name, spec)| (name.as_str(), spec)),
+            );
+        let mut verdict = ThrottleWait::Allowed;
+        for (key, spec) in throttles {
+            verdict = wait_for_throttle(mgr, key, spec, path.idle_timeout).await;
+            if verdict != ThrottleWait::Allowed {
+                break;
+            }
         }
-        for (name, spec) in &path.additional_message_rate_throttles {
-            throttled_until_shutdown |= !wait_for_throttle(mgr, name, spec).await;
-        }
-        if throttled_until_shutdown {
-            // Back in the queue, where the shutdown save finds it.
-            ready.unpop(msg);
-            break;
+        match verdict {
+            ThrottleWait::Allowed => {}
+            ThrottleWait::Shutdown => {
+                // Back in the queue, where the shutdown save finds it.
+                ready.unpop(msg);
+                break;
+            }
+            ThrottleWait::TooLong(wait) => {
+                ready
+                    .delay_all(mgr, Some(msg), "MessageRateThrottle", wait)
+                    .await;
+                break;
+            }
         }
         deliver_one(mgr, ready, path, &mut conn, msg, &facts, retry_elsewhere).await;
         if mgr.shutting_down() {
@@ -512,20 +558,38 @@ async fn run_session(
     end
 }
 
-/// Waits until the throttle allows one more; `false` when shutdown came
-/// first (the message must not be sent, nor lost).
-async fn wait_for_throttle(mgr: &QueueManager, key: &str, spec: &tern_types::ThrottleSpec) -> bool {
+/// What a message-rate throttle said about the next message.
+#[derive(Debug, PartialEq, Eq)]
+enum ThrottleWait {
+    Allowed,
+    /// Shutdown came first: the message must not be sent, nor lost.
+    Shutdown,
+    /// The throttle would hold the message longer than `idle_timeout`.
+    TooLong(Duration),
+}
+
+/// Waits until the throttle allows one more, unless that would take
+/// longer than `longest` (the path's `idle_timeout`).
+async fn wait_for_throttle(
+    mgr: &QueueManager,
+    key: &str,
+    spec: &tern_types::ThrottleSpec,
+    longest: Duration,
+) -> ThrottleWait {
     let mut shutdown = mgr.shutdown.clone();
     while let Err(wait) = mgr.throttles.check(key, spec, Instant::now()) {
         if mgr.shutting_down() {
-            return false;
+            return ThrottleWait::Shutdown;
+        }
+        if wait > longest {
+            return ThrottleWait::TooLong(wait);
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => {}
         }
     }
-    true
+    ThrottleWait::Allowed
 }
 
 /// What became of one recipient in a delivery attempt.
