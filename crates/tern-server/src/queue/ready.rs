@@ -225,26 +225,36 @@ impl ReadyQueue {
                 // A finishing connection calls maybe_spawn again.
                 return;
             };
-            if let Some(spec) = &path.max_connection_rate {
-                let key = format!("kumomta.max_connection_rate.{}", self.name);
-                if let Err(wait) = mgr.throttles.check(&key, spec, Instant::now()) {
-                    drop(leases);
-                    if wait > path.idle_timeout {
-                        let (mgr, ready) = (mgr.clone(), self.clone());
-                        tokio::spawn(async move {
-                            ready
-                                .delay_all(&mgr, None, "ConnectionRateThrottle", wait)
-                                .await;
-                        });
-                    } else {
-                        self.respawn_later(mgr, wait);
-                    }
-                    return;
+            if let Some(wait) = self.connection_rate_wait(mgr, &path) {
+                drop(leases);
+                if wait > path.idle_timeout {
+                    let (mgr, ready) = (mgr.clone(), self.clone());
+                    tokio::spawn(async move {
+                        ready
+                            .delay_all(&mgr, None, "ConnectionRateThrottle", wait)
+                            .await;
+                    });
+                } else {
+                    self.respawn_later(mgr, wait);
                 }
+                return;
             }
             self.state.lock().connections += 1;
             tokio::spawn(connection_task(mgr.clone(), self.clone(), leases));
         }
+    }
+
+    /// How long `max_connection_rate` makes the next connection wait, or
+    /// `None` when it may open now (which uses up one of the throttle's
+    /// connections). Every new connection asks, reconnections included.
+    fn connection_rate_wait(
+        &self,
+        mgr: &QueueManager,
+        path: &EgressPathConfig,
+    ) -> Option<Duration> {
+        let spec = path.max_connection_rate.as_ref()?;
+        let key = format!("kumomta.max_connection_rate.{}", self.name);
+        mgr.throttles.check(&key, spec, Instant::now()).err()
     }
 
     fn respawn_later(self: &Arc<Self>, mgr: &Arc<QueueManager>, wait: Duration) {
@@ -350,7 +360,25 @@ async fn connection_task(
     // try_next_host_on_transport_error to one pass over the plan).
     let mut start = 0usize;
     let mut transport_errors = 0usize;
+    // maybe_spawn took the throttle's permission for the first connection.
+    let mut first_connection = true;
     while !mgr.shutting_down() && !ready.is_empty() {
+        if !std::mem::take(&mut first_connection)
+            && let Some(wait) = ready.connection_rate_wait(&mgr, &path)
+        {
+            if wait > path.idle_timeout {
+                ready
+                    .delay_all(&mgr, None, "ConnectionRateThrottle", wait)
+                    .await;
+                break;
+            }
+            let mut shutdown = mgr.shutdown.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
         let target = ready.state.lock().target.clone();
         let resolver = mgr.dns.current();
         let plan = match &target {
