@@ -155,9 +155,12 @@ impl<'r> Generator<'r> {
         if let Some(id) = b.subject {
             write_header(out, "Subject", &render(id)?);
         }
-        for (header, spec) in [("From", &b.from), ("Reply-To", &b.reply_to)] {
+        for (header, field, spec) in [
+            ("From", "from", &b.from),
+            ("Reply-To", "reply_to", &b.reply_to),
+        ] {
             if let Some((email, name)) = spec {
-                let email = header_address(field_of(header), &render(*email)?)?;
+                let email = header_address(field, &render(*email)?)?;
                 let name = name.map(render).transpose()?;
                 write_mailbox_header(out, header, name.as_deref(), &email);
             }
@@ -204,11 +207,6 @@ impl<'r> Generator<'r> {
         root.write(out, &self.boundaries);
         Ok(())
     }
-}
-
-/// The request field behind a generated address header.
-fn field_of(header: &str) -> &'static str {
-    if header == "From" { "from" } else { "reply_to" }
 }
 
 /// The (rendered) `email` of `from` / `reply_to` as an addr-spec, or why

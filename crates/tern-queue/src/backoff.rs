@@ -135,20 +135,21 @@ pub fn infer_attempts_from_age(
 /// for nearly every message, so a restart sends the whole deferred backlog
 /// at once; Tern keeps the schedule (see docs/compatibility.md).
 ///
-/// Returns `None` when the message is already at or past `max_age`, or its
-/// next slot would be past it (the retry that would have expired it).
+/// Fails with the reason when the message is already at or past
+/// `max_age`, or its next slot would be past it (the retry that would have
+/// expired it).
 pub fn delay_after_restart(
     num_attempts: u32,
     age: Duration,
     retry_interval: Duration,
     max_retry_interval: Option<Duration>,
     max_age: Duration,
-) -> Option<Duration> {
+) -> Result<Duration, ExpiryReason> {
     if age >= max_age {
-        return None;
+        return Err(ExpiryReason::MaxAgeAtRestart { max_age });
     }
     if num_attempts == 0 {
-        return Some(Duration::ZERO);
+        return Ok(Duration::ZERO);
     }
     let next_slot = (0..=num_attempts).fold(Duration::ZERO, |sum, attempt| {
         sum.saturating_add(delay_for_attempt(
@@ -158,9 +159,12 @@ pub fn delay_after_restart(
         ))
     });
     if next_slot > max_age {
-        return None;
+        return Err(ExpiryReason::MaxAgeAfterFailure {
+            delayed_age: next_slot,
+            max_age,
+        });
     }
-    Some(next_slot.saturating_sub(age))
+    Ok(next_slot.saturating_sub(age))
 }
 
 /// Why a message is being expired; [`Expiry::content`] is the log text.
@@ -176,6 +180,8 @@ pub enum ExpiryReason {
         due_age: Duration,
         max_age: Duration,
     },
+    /// Read back from the spool already at or past `max_age`.
+    MaxAgeAtRestart { max_age: Duration },
     /// Per-message `expires` from `set_scheduling`: next due `>= expires`.
     ScheduledExpiry {
         next_due: DateTime<Utc>,
@@ -212,6 +218,10 @@ impl Expiry {
                 "Next delivery time {} > {}",
                 iso_duration(*due_age),
                 iso_duration(*max_age)
+            ),
+            ExpiryReason::MaxAgeAtRestart { max_age } => format!(
+                "message is older than max_age={} at spool recovery",
+                humantime::format_duration(*max_age)
             ),
             ExpiryReason::ScheduledExpiry { next_due, expires } => format!(
                 "Next delivery time would be at {next_due} which exceeds the expiry time \
@@ -375,8 +385,12 @@ impl RetrySchedule {
     }
 
     /// Attempt counter and due time for a message read back from the spool
-    /// at `now`; `None` means expire it.
-    pub fn after_restart(&self, created: SystemTime, now: SystemTime) -> Option<(u32, SystemTime)> {
+    /// at `now`, or the expiry that ends it.
+    pub fn after_restart(
+        &self,
+        created: SystemTime,
+        now: SystemTime,
+    ) -> Result<(u32, SystemTime), Expiry> {
         let age = now.duration_since(created).unwrap_or(Duration::ZERO);
         let attempts = infer_attempts_from_age(age, self.retry_interval, self.max_retry_interval);
         let delay = delay_after_restart(
@@ -385,8 +399,9 @@ impl RetrySchedule {
             self.retry_interval,
             self.max_retry_interval,
             self.max_age,
-        )?;
-        Some((attempts, add(now, delay)))
+        )
+        .map_err(|reason| Expiry { reason })?;
+        Ok((attempts, add(now, delay)))
     }
 }
 
@@ -500,20 +515,25 @@ mod tests {
         assert_eq!(due, created + secs(140 * MIN));
         // Younger than the first delay: maybe never tried, due at once.
         let young = created + secs(5 * MIN);
-        assert_eq!(schedule.after_restart(created, young), Some((0, young)));
-        assert!(
+        assert_eq!(schedule.after_restart(created, young), Ok((0, young)));
+        assert_eq!(
             schedule
                 .after_restart(created, created + secs(7 * 86400))
-                .is_none()
+                .unwrap_err()
+                .content(),
+            "message is older than max_age=7days at spool recovery"
         );
         // A next slot past max_age expires (as the retry would have).
         let short = RetrySchedule {
             max_age: secs(100 * MIN),
             ..schedule
         };
-        assert!(short.after_restart(created, now).is_none());
+        assert_eq!(
+            short.after_restart(created, now).unwrap_err().content(),
+            "Next delivery time would be 2h 20m after creation, which exceeds max_age=1h 40m"
+        );
         // A future creation time (clock skew) counts as age zero.
-        assert_eq!(schedule.after_restart(now, created), Some((0, created)));
+        assert_eq!(schedule.after_restart(now, created), Ok((0, created)));
     }
 
     #[test]

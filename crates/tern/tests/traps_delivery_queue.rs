@@ -400,21 +400,8 @@ fn attempt_counter_is_inferred_from_the_age_after_a_restart() {
 #[test]
 fn scheduled_queue_max_message_rate_spaces_promotions() {
     let sink = TestSink::start(SinkConfig::default());
-    let policy = format!(
-        r#"{head}
-kumo.on('get_queue_config', function()
-  return kumo.make_queue_config {{
-    max_message_rate = '1/2s',
-    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{port}' }} }} }},
-  }}
-end)
-kumo.on('get_egress_path_config', function()
-  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled' }}
-end)
-"#,
-        head = policy_head("LocalDisk"),
-        port = sink.port()
-    );
+    let policy =
+        policy_head("LocalDisk") + &routed_with(sink.port(), "max_message_rate = '1/2s',", "");
     let server = start_tern(policy);
     send(
         &server,
@@ -464,23 +451,12 @@ fn an_egress_rate_wait_beyond_idle_timeout_sends_the_ready_queue_back() {
 
 fn egress_throttle_sends_back(throttle: &str, context: &str) {
     let sink = TestSink::start(SinkConfig::default());
-    let policy = format!(
-        r#"{head}
-kumo.on('get_queue_config', function()
-  return kumo.make_queue_config {{
-    protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{port}' }} }} }},
-  }}
-end)
-kumo.on('get_egress_path_config', function()
-  return kumo.make_egress_path {{
-    prohibited_hosts = {{}}, enable_tls = 'Disabled',
-    {throttle}, idle_timeout = '2s',
-  }}
-end)
-"#,
-        head = policy_head("LocalDisk"),
-        port = sink.port()
-    );
+    let policy = policy_head("LocalDisk")
+        + &routed_with(
+            sink.port(),
+            "",
+            &format!("{throttle}, idle_timeout = '2s',"),
+        );
     let server = start_tern(policy);
     send(
         &server,

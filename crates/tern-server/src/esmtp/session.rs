@@ -193,6 +193,10 @@ pub struct Session {
     /// `get_listener_domain` answers by domain for the current
     /// transaction, most recent last.
     listener_domains: Vec<(String, Option<ListenerDomain>)>,
+    /// Whether the policy has a `get_listener_domain` handler, looked up
+    /// at the first relaying decision of the session: without one, no
+    /// domain costs a Lua state (the reception hot path).
+    listener_domain_handler: Option<bool>,
     /// The sender and recipient of the command being answered, for its
     /// Rejection record: a refused MAIL FROM or RCPT TO names the address
     /// it tried, and a refused DATA the transaction's sender and last
@@ -252,6 +256,7 @@ impl Session {
             attempt: Attempt::default(),
             close_after_flush: false,
             listener_domains: Vec::new(),
+            listener_domain_handler: None,
             params,
         };
         let _ = session.drive().await;
@@ -855,6 +860,22 @@ impl Session {
     ) -> Result<Option<Option<ListenerDomain>>, End> {
         if let Some((_, rules)) = self.listener_domains.iter().find(|(d, _)| *d == domain) {
             return Ok(Some(rules.clone()));
+        }
+        let has_handler = match self.listener_domain_handler {
+            Some(known) => known,
+            None => {
+                let known = self
+                    .state
+                    .engine
+                    .has_handler("get_listener_domain")
+                    .await
+                    .unwrap_or(true);
+                self.listener_domain_handler = Some(known);
+                known
+            }
+        };
+        if !has_handler {
+            return Ok(Some(None));
         }
         let listener = self.local.to_string();
         let meta = self.meta.clone();

@@ -291,22 +291,22 @@ async fn process(walk: &Walk, item: Result<SpoolEntry, SpoolError>) -> Result<()
     };
     let decision = effective
         .after_restart(created, walk.now)
-        .map(|(attempts, computed)| {
+        .and_then(|(attempts, computed)| {
             let due = chosen_due.unwrap_or(computed);
-            let due = match &scheduling {
-                Some(sched) => sched.adjust(due),
-                None => due,
+            let Some(sched) = &scheduling else {
+                return Ok((attempts, due));
             };
-            (attempts, due)
+            let due = sched.adjust(due);
+            match sched
+                .expires
+                .and_then(|expires| tern_queue::backoff::check_scheduled_expiry(due, expires))
+            {
+                Some(expiry) => Err(expiry),
+                None => Ok((attempts, due)),
+            }
         });
-    let expired_by_schedule = match (&scheduling, &decision) {
-        (Some(sched), Some((_, due))) => sched
-            .expires
-            .and_then(|expires| tern_queue::backoff::check_scheduled_expiry(*due, expires)),
-        _ => None,
-    };
-    match (decision, expired_by_schedule) {
-        (Some((attempts, due)), None) => {
+    match decision {
+        Ok((attempts, due)) => {
             let waiting = Waiting {
                 id: msg.id(),
                 attempts: attempts.min(u16::MAX as u32) as u16,
@@ -314,11 +314,8 @@ async fn process(walk: &Walk, item: Result<SpoolEntry, SpoolError>) -> Result<()
             mgr.with_scheduled(&queue, |q| q.insert_waiting(due, waiting));
             counters.queued.fetch_add(1, Ordering::Relaxed);
         }
-        (_, expiry) => {
-            let content = match expiry {
-                Some(expiry) => expiry.content(),
-                None => max_age_expiry_text(&schedule, created, walk.now),
-            };
+        Err(expiry) => {
+            let content = expiry.content();
             let response = Response::new(551, tern_log::EnhancedCode::parse("5.4.7"), content);
             disposition::log(
                 mgr,
@@ -335,33 +332,4 @@ async fn process(walk: &Walk, item: Result<SpoolEntry, SpoolError>) -> Result<()
         }
     }
     Ok(())
-}
-
-/// Why recovery expires a message under `max_age`: either it is already
-/// that old, or the next slot of its schedule (the end of the first retry
-/// delay that has not elapsed) would fall past it, as a retry would have
-/// said (§7.3).
-fn max_age_expiry_text(schedule: &RetrySchedule, created: SystemTime, now: SystemTime) -> String {
-    let age = now.duration_since(created).unwrap_or(Duration::ZERO);
-    if age >= schedule.max_age {
-        return format!(
-            "message is older than max_age={} at spool recovery",
-            humantime::format_duration(schedule.max_age)
-        );
-    }
-    let attempts = tern_queue::backoff::infer_attempts_from_age(
-        age,
-        schedule.retry_interval,
-        schedule.max_retry_interval,
-    );
-    let next_slot = (0..=attempts).fold(Duration::ZERO, |sum, attempt| {
-        sum.saturating_add(schedule.delay_for_attempt(attempt))
-    });
-    tern_queue::Expiry {
-        reason: tern_queue::backoff::ExpiryReason::MaxAgeAfterFailure {
-            delayed_age: next_slot,
-            max_age: schedule.max_age,
-        },
-    }
-    .content()
 }

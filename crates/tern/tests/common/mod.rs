@@ -131,16 +131,25 @@ end)
 
 /// Policy handlers: queues with `retry_interval` that deliver to `[127.0.0.1]:port`.
 pub fn routed(port: u16, retry_interval: &str) -> String {
+    routed_with(port, &format!("retry_interval = '{retry_interval}',"), "")
+}
+
+/// Policy handlers: queues that deliver to `[127.0.0.1]:port` in the clear,
+/// with extra `make_queue_config` and `make_egress_path` options (each a
+/// comma-terminated list of `key = value`, or empty).
+pub fn routed_with(port: u16, queue_options: &str, path_options: &str) -> String {
     format!(
         r#"
 kumo.on('get_queue_config', function()
   return kumo.make_queue_config {{
-    retry_interval = '{retry_interval}',
+    {queue_options}
     protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{port}' }} }} }},
   }}
 end)
 kumo.on('get_egress_path_config', function()
-  return kumo.make_egress_path {{ prohibited_hosts = {{}}, enable_tls = 'Disabled' }}
+  return kumo.make_egress_path {{
+    prohibited_hosts = {{}}, enable_tls = 'Disabled', {path_options}
+  }}
 end)
 "#
     )
