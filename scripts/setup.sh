@@ -20,6 +20,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # authres: dkimpy's ARC signing needs it (crates/tern-dkim/tests/arc.rs).
-if ! python3 -c 'import dkim, nacl, dns, aiosmtpd, authres' >/dev/null 2>&1; then
-  python3 -m pip install --quiet dkimpy pynacl dnspython aiosmtpd authres
+# prometheus_client: an independent parser of GET /metrics (tests/metrics.rs).
+if ! python3 -c 'import dkim, nacl, dns, aiosmtpd, authres, prometheus_client' >/dev/null 2>&1; then
+  python3 -m pip install --quiet dkimpy pynacl dnspython aiosmtpd authres prometheus_client
 fi

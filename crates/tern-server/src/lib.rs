@@ -22,6 +22,7 @@ pub mod listener_domain;
 pub mod log_hooks;
 pub mod maintenance;
 pub mod memory;
+pub mod metrics;
 pub mod nodeid;
 pub mod options;
 pub mod privileges;

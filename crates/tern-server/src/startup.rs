@@ -152,6 +152,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     let _ = queues
         .generator
         .set(Arc::new(HttpGenerator(Arc::downgrade(&state))));
+    crate::metrics::register_collectors(&state, &reception, &queues);
     let recovery_options = crate::queue::recovery::RecoveryOptions {
         started: process_started,
         workers: spoolin_threads,

@@ -17,6 +17,8 @@ pub struct ServerState {
     spool_ready: AtomicBool,
     shutdown: watch::Sender<bool>,
     reception: OnceLock<Arc<Reception>>,
+    /// Counters and gauges for `GET /metrics` (see tern-metrics).
+    pub metrics: tern_metrics::Registry,
 }
 
 impl ServerState {
@@ -35,6 +37,7 @@ impl ServerState {
             spool_ready: AtomicBool::new(false),
             shutdown,
             reception: OnceLock::new(),
+            metrics: tern_metrics::Registry::new(),
         }
     }
 

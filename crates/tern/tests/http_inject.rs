@@ -11,6 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use common::curl;
 use tern_testkit::{Builder, TernServer, http_request};
 
 /// Trusted listener first, then one that trusts nobody on loopback.
@@ -518,17 +519,6 @@ fn deferred_generation_queues_the_request_itself() {
     assert_eq!(reception["queue"], "generator.kumomta.internal");
     assert_eq!(reception["recipient"], "");
     assert_eq!(reception["meta"]["http_auth"], "127.0.0.1");
-}
-
-fn curl(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-S", "-o", "-", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 /// gzip or zlib (HTTP "deflate") compression through Python.

@@ -1,4 +1,6 @@
-//! Accepting ESMTP connections, with the `max_connections` refusal.
+//! Accepting ESMTP connections, with the `max_connections` refusal, and
+//! the listener's metrics (kept here so a session records them with one
+//! atomic add, without looking anything up).
 
 use super::params::ListenerConfig;
 use super::session::Session;
@@ -6,6 +8,7 @@ use crate::state::ServerState;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use tern_metrics::{Counter, Gauge, GaugeHold, Registry};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
@@ -14,6 +17,82 @@ pub struct Listener {
     pub local_addr: SocketAddr,
     pub active: AtomicUsize,
     pub tls: super::tls::TlsAcceptorCache,
+    pub metrics: ListenerMetrics,
+}
+
+/// One series under `service="esmtp_listener"` (every listener together)
+/// and one under `service="esmtp_listener:<ip:port>"` (this one), as
+/// KumoMTA reports them.
+pub struct Pair<T>(T, T);
+
+impl Pair<Counter> {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn add(&self, n: u64) {
+        self.0.add(n);
+        self.1.add(n);
+    }
+}
+
+impl Pair<Gauge> {
+    fn hold(&self) -> (GaugeHold, GaugeHold) {
+        (self.0.hold(), self.1.hold())
+    }
+}
+
+/// The metrics a listener and its sessions record.
+pub struct ListenerMetrics {
+    /// `connection_count`: sessions open now.
+    pub connections: Pair<Gauge>,
+    /// `total_connection_count`: sessions ever started.
+    pub total_connections: Pair<Counter>,
+    /// `total_connections_denied`: connections refused before the banner
+    /// (`max_connections`, shutting down, load shedding, spool not ready,
+    /// disk too full, spool unhealthy).
+    pub denied: Pair<Counter>,
+    /// `total_messages_received`: messages answered with a `250`.
+    pub received: Pair<Counter>,
+    /// `smtp_server_rejections`: Rejection records logged.
+    pub rejections: Pair<Counter>,
+}
+
+impl ListenerMetrics {
+    pub fn new(registry: &Registry, local: SocketAddr) -> Self {
+        let this = format!("esmtp_listener:{local}");
+        let counter = |name, help| {
+            Pair(
+                registry.counter(name, help, &[("service", "esmtp_listener")]),
+                registry.counter(name, help, &[("service", &this)]),
+            )
+        };
+        let gauge = |name, help| {
+            Pair(
+                registry.gauge(name, help, &[("service", "esmtp_listener")]),
+                registry.gauge(name, help, &[("service", &this)]),
+            )
+        };
+        Self {
+            connections: gauge("connection_count", "number of connections open now"),
+            total_connections: counter(
+                "total_connection_count",
+                "number of connections made since the server started",
+            ),
+            denied: counter(
+                "total_connections_denied",
+                "number of connections refused before the banner (limits, load shedding, spool state)",
+            ),
+            received: counter(
+                "total_messages_received",
+                "number of messages accepted since the server started",
+            ),
+            rejections: counter(
+                "smtp_server_rejections",
+                "number of Rejection records logged by the SMTP server",
+            ),
+        }
+    }
 }
 
 /// Bind now; serve in the background until shutdown.
@@ -34,6 +113,7 @@ pub async fn start(config: ListenerConfig, state: Arc<ServerState>) -> anyhow::R
         local_addr,
         active: AtomicUsize::new(0),
         tls,
+        metrics: ListenerMetrics::new(&state.metrics, local_addr),
     });
     let mut shutdown = state.shutdown_signal();
     tokio::spawn(async move {
@@ -56,7 +136,10 @@ pub async fn start(config: ListenerConfig, state: Arc<ServerState>) -> anyhow::R
             let state = state.clone();
             let count = listener.active.fetch_add(1, Ordering::AcqRel) + 1;
             tokio::spawn(async move {
+                let _open = listener.metrics.connections.hold();
+                listener.metrics.total_connections.inc();
                 if count > listener.config.base.max_connections {
+                    listener.metrics.denied.inc();
                     let hostname = listener.config.base.hostname.as_deref();
                     refuse_too_many(stream, hostname.unwrap_or(&state.hostname)).await;
                 } else {

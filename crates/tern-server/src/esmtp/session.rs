@@ -274,6 +274,7 @@ impl Session {
             .await
             .unwrap_or(false);
         if let Some(refusal) = self.state.refusal() {
+            self.listener.metrics.denied.inc();
             let host = &self.hostname;
             let reply = match refusal {
                 Refusal::ShuttingDown => Reply::shutting_down(host),
@@ -557,6 +558,7 @@ impl Session {
     }
 
     async fn log_rejection(&self, reply: &Reply) {
+        self.listener.metrics.rejections.inc();
         let Some(reception) = self.state.reception() else {
             return;
         };
@@ -1343,6 +1345,7 @@ impl Session {
                 }
             }
         }
+        self.listener.metrics.received.add(ids.len() as u64);
         self.reply(Reply::queued(&ids, false), Some("DATA")).await;
         Ok(())
     }

@@ -4,7 +4,9 @@
 //! request passes through [`auth`] (trusted hosts, `Authorization`
 //! validated by the policy, the default ACL) before reaching a route:
 //! `POST /api/inject/v1` ([`inject`]), `GET /api/check-liveness/v1`, and
-//! `GET /api-docs/openapi.json` ([`openapi`]). Request bodies are read
+//! `GET /api-docs/openapi.json` ([`openapi`]), `GET /metrics` and
+//! `GET /metrics.json` (the server's [`tern_metrics::Registry`]), and
+//! `GET /api/admin/memory/stats`. Request bodies are read
 //! with the listener's `request_body_limit` and may be gzip/deflate
 //! compressed ([`body`]).
 
@@ -130,6 +132,45 @@ async fn memory_stats(State(listener): State<Arc<HttpListener>>) -> Response {
     }
 }
 
+#[derive(Deserialize)]
+struct MetricsQuery {
+    /// Put before every metric name (KumoMTA's `?prefix=kumomta_`), so
+    /// the series are easy to tell apart in a shared Prometheus.
+    #[serde(default)]
+    prefix: String,
+}
+
+async fn metrics_text(
+    State(listener): State<Arc<HttpListener>>,
+    axum::extract::Query(query): axum::extract::Query<MetricsQuery>,
+) -> Response {
+    if !tern_metrics::valid_prefix(&query.prefix) {
+        return inject::json_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "prefix {:?} is not a valid start of a metric name ([a-zA-Z_:][a-zA-Z0-9_:]*)",
+                query.prefix
+            ),
+        );
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        listener.state.metrics.render_text(&query.prefix),
+    )
+        .into_response()
+}
+
+async fn metrics_json(State(listener): State<Arc<HttpListener>>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        listener.state.metrics.render_json().to_string(),
+    )
+        .into_response()
+}
+
 async fn openapi_json() -> Response {
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -188,6 +229,8 @@ pub fn router(listener: Arc<HttpListener>) -> Router {
         .route("/api/inject/v1", post(inject::inject))
         .route("/api-docs/openapi.json", get(openapi_json))
         .route("/api/admin/memory/stats", get(memory_stats))
+        .route("/metrics", get(metrics_text))
+        .route("/metrics.json", get(metrics_json))
         .layer(middleware::from_fn_with_state(
             listener.clone(),
             authenticate,

@@ -228,6 +228,32 @@ pub fn openapi_spec() -> String {
                     }
                 }
             },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Counters and gauges in the Prometheus text exposition format (trusted hosts only).",
+                    "parameters": [{
+                        "name": "prefix", "in": "query", "required": false,
+                        "description": "Put before every metric name, e.g. tern_.",
+                        "schema": { "type": "string" }
+                    }],
+                    "responses": {
+                        "200": text_response("text/plain; version=0.0.4"),
+                        "400": error_response("The prefix cannot start a metric name."),
+                        "401": text_response("The peer is not a trusted host.")
+                    }
+                }
+            },
+            "/metrics.json": {
+                "get": {
+                    "operationId": "metrics_json",
+                    "summary": "The same metrics as JSON: {name: {help, type, value}}, labelled values nested by label (trusted hosts only).",
+                    "responses": {
+                        "200": { "description": "The metrics.", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "401": text_response("The peer is not a trusted host.")
+                    }
+                }
+            },
             "/api-docs/openapi.json": {
                 "get": {
                     "operationId": "openapi_json",

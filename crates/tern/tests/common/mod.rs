@@ -222,6 +222,19 @@ pub fn python(script: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// Runs `curl` (an independent HTTP client) with `args`; returns the
+/// status code and the body.
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-S", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
 /// A raw SMTP connection that returns replies exactly as they were sent
 /// (a read waits at most 60 s).
 pub struct Conn {
