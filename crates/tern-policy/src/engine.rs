@@ -103,6 +103,8 @@ pub(crate) struct Shared {
     pub memo: MemoCaches,
     pub validation_failed: AtomicBool,
     pub states_created: AtomicU64,
+    /// Pooled states alive now, in use or spare (`lua_count`).
+    pub states_alive: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Per-state data reachable from any `kumo.*` function through
@@ -138,6 +140,7 @@ impl PolicyEngine {
             memo: MemoCaches::default(),
             validation_failed: AtomicBool::new(false),
             states_created: AtomicU64::new(0),
+            states_alive: Default::default(),
         }))
     }
 
@@ -182,6 +185,12 @@ impl PolicyEngine {
     /// How many Lua states have been created (the `lua_load_count` metric).
     pub fn states_created(&self) -> u64 {
         self.0.states_created.load(Ordering::Relaxed)
+    }
+
+    /// Pooled Lua states alive now, in use or spare (the `lua_count`
+    /// metric).
+    pub fn live_states(&self) -> usize {
+        self.0.states_alive.load(Ordering::Relaxed)
     }
 
     pub fn spare_states(&self) -> usize {
@@ -262,6 +271,7 @@ impl PolicyEngine {
             created: Instant::now(),
             uses: 0,
             epoch,
+            alive: crate::pool::LiveCount::new(&self.0.states_alive),
         })
     }
 

@@ -9,6 +9,7 @@
 
 use mlua::Lua;
 use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,26 @@ pub struct PooledState {
     pub created: Instant,
     pub uses: usize,
     pub epoch: u64,
+    /// Counts this state among the live ones until it is dropped.
+    pub alive: LiveCount,
+}
+
+/// One share of a live-state count (the `lua_count` metric): counted when
+/// made, uncounted when dropped, wherever the state ends (retired, purged,
+/// or dropped by a task that failed mid-event).
+pub struct LiveCount(Arc<AtomicUsize>);
+
+impl LiveCount {
+    pub fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for LiveCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl PooledState {

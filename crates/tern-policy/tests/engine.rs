@@ -387,6 +387,40 @@ end)
     assert_eq!(engine.states_created(), 2, "one state per concurrent event");
 }
 
+/// `lua_count` counts pooled states in use and spare; retired states (here:
+/// used up) stop being counted.
+#[tokio::test]
+async fn live_states_count_in_use_and_spare_states_until_retired() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_policy(
+        &dir,
+        r#"local kumo = require 'kumo'
+kumo.on('count', function()
+  kumo.sleep(0.2)
+  return 'x'
+end)
+"#,
+    );
+    let engine = engine(path);
+    assert_eq!(engine.live_states(), 0);
+    let during = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        (engine.live_states(), engine.spare_states())
+    };
+    let (_, _, (live, spare)) = tokio::join!(
+        call_string(&engine, "count"),
+        call_string(&engine, "count"),
+        during
+    );
+    assert_eq!((live, spare), (2, 0), "two states in use");
+    assert_eq!((engine.live_states(), engine.spare_states()), (2, 2));
+    engine.limits().set_max_use_count(1);
+    call_string(&engine, "count").await.unwrap();
+    // The spares count as used up at the next checkout and are dropped;
+    // the state made instead is dropped after its one use.
+    assert_eq!(engine.live_states(), 0);
+}
+
 /// Part V.1 #5 / §1.5: the pool limits default to 300 s, 1024 uses and
 /// 8192 spares, and a state older than the maximum age is retired so the
 /// next event re-reads the policy file.

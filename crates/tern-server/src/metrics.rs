@@ -50,6 +50,12 @@ pub fn register_collectors(
         }
         let engine = &state.engine;
         scrape.gauge(
+            "lua_count",
+            "Lua contexts alive now, in use or spare",
+            &[],
+            engine.live_states() as f64,
+        );
+        scrape.gauge(
             "lua_spare_count",
             "Lua contexts waiting in the pool for reuse",
             &[],

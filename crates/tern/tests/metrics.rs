@@ -150,6 +150,7 @@ fn listener_counters_and_scrape_time_gauges_are_reported() {
         assert!(sample(during, "disk_free_inodes", &[("name", name)]).is_some());
     }
     assert!(sample(during, "lua_load_count", &[]).unwrap() >= 1.0);
+    assert!(sample(during, "lua_count", &[]).unwrap() >= 1.0);
     assert!(sample(during, "memory_usage", &[]).unwrap() > 0.0);
 
     // Phase 2: the session has ended; the gauge goes back to zero and the
