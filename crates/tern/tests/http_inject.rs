@@ -6,12 +6,12 @@
 
 mod common;
 
+use common::curl;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use common::curl;
 use tern_testkit::{Builder, TernServer, http_request};
 
 /// Trusted listener first, then one that trusts nobody on loopback.
