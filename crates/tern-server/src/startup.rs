@@ -153,6 +153,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
         .generator
         .set(Arc::new(HttpGenerator(Arc::downgrade(&state))));
     crate::metrics::register_collectors(&state, &reception, &queues);
+    state.set_queues(queues.clone());
     let recovery_options = crate::queue::recovery::RecoveryOptions {
         started: process_started,
         workers: spoolin_threads,

@@ -19,6 +19,8 @@ pub struct ServerState {
     reception: OnceLock<Arc<Reception>>,
     /// Counters and gauges for `GET /metrics` (see tern-metrics).
     pub metrics: tern_metrics::Registry,
+    /// The queue layer, once started (the admin API acts on it).
+    queues: OnceLock<Arc<crate::queue::QueueManager>>,
 }
 
 impl ServerState {
@@ -38,6 +40,7 @@ impl ServerState {
             shutdown,
             reception: OnceLock::new(),
             metrics: tern_metrics::Registry::new(),
+            queues: OnceLock::new(),
         }
     }
 
@@ -48,6 +51,15 @@ impl ServerState {
 
     pub fn set_reception(&self, reception: Arc<Reception>) {
         let _ = self.reception.set(reception);
+    }
+
+    /// The queue layer, once started.
+    pub fn queues(&self) -> Option<&Arc<crate::queue::QueueManager>> {
+        self.queues.get()
+    }
+
+    pub fn set_queues(&self, queues: Arc<crate::queue::QueueManager>) {
+        let _ = self.queues.set(queues);
     }
 
     /// True once spool enumeration has finished; until then ingress

@@ -5,11 +5,13 @@
 //! validated by the policy, the default ACL) before reaching a route:
 //! `POST /api/inject/v1` ([`inject`]), `GET /api/check-liveness/v1`, and
 //! `GET /api-docs/openapi.json` ([`openapi`]), `GET /metrics` and
-//! `GET /metrics.json` (the server's [`tern_metrics::Registry`]), and
-//! `GET /api/admin/memory/stats`. Request bodies are read
+//! `GET /metrics.json` (the server's [`tern_metrics::Registry`]),
+//! `GET /api/admin/memory/stats`, and the bounce and suspend rules of
+//! [`admin`]. Request bodies are read
 //! with the listener's `request_body_limit` and may be gzip/deflate
 //! compressed ([`body`]).
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod inject;
@@ -229,6 +231,18 @@ pub fn router(listener: Arc<HttpListener>) -> Router {
         .route("/api/inject/v1", post(inject::inject))
         .route("/api-docs/openapi.json", get(openapi_json))
         .route("/api/admin/memory/stats", get(memory_stats))
+        .route(
+            "/api/admin/bounce/v1",
+            post(admin::bounce_create)
+                .get(admin::bounce_list)
+                .delete(admin::bounce_cancel),
+        )
+        .route(
+            "/api/admin/suspend/v1",
+            post(admin::suspend_create)
+                .get(admin::suspend_list)
+                .delete(admin::suspend_cancel),
+        )
         .route("/metrics", get(metrics_text))
         .route("/metrics.json", get(metrics_json))
         .layer(middleware::from_fn_with_state(

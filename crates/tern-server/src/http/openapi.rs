@@ -228,6 +228,50 @@ pub fn openapi_spec() -> String {
                     }
                 }
             },
+            "/api/admin/bounce/v1": {
+                "post": {
+                    "operationId": "bounce_v1",
+                    "summary": "Bounce every message of the matching scheduled queues (no criteria: all queues), and new ones while the rule lasts. Body: {reason, domain?, routing_domain?, tenant?, campaign?, queue_names?, duration? (default 5m), expires?, suppress_logging?}; answer {id, bounced: {}, total_bounced: 0}.",
+                    "responses": {
+                        "200": { "description": "The rule is active; the sweep runs in the background." },
+                        "400": error_response("Invalid JSON, an unknown field, an empty reason, or a bad duration/expires."),
+                        "401": text_response("The peer is not a trusted host."),
+                        "503": error_response("The queues are not running yet.")
+                    }
+                },
+                "get": {
+                    "operationId": "bounce_list_v1",
+                    "summary": "The active bounce rules, with the messages bounced so far per queue.",
+                    "responses": { "200": { "description": "A JSON array." }, "401": text_response("The peer is not a trusted host.") }
+                },
+                "delete": {
+                    "operationId": "bounce_cancel_v1",
+                    "summary": "End a bounce rule: body {id}.",
+                    "responses": { "200": { "description": "Cancelled." }, "404": error_response("No active rule has that id."), "401": text_response("The peer is not a trusted host.") }
+                }
+            },
+            "/api/admin/suspend/v1": {
+                "post": {
+                    "operationId": "suspend_v1",
+                    "summary": "Promote nothing from the matching scheduled queues while the rule lasts (each due message gets a TransientFailure). Body: {reason, domain?, routing_domain?, tenant?, campaign?, queue_names?, duration? (default 5m), expires?}; answer {id}.",
+                    "responses": {
+                        "200": { "description": "The rule is active." },
+                        "400": error_response("Invalid JSON, an unknown field, an empty reason, or a bad duration/expires."),
+                        "401": text_response("The peer is not a trusted host."),
+                        "503": error_response("The queues are not running yet.")
+                    }
+                },
+                "get": {
+                    "operationId": "suspend_list_v1",
+                    "summary": "The active suspensions.",
+                    "responses": { "200": { "description": "A JSON array." }, "401": text_response("The peer is not a trusted host.") }
+                },
+                "delete": {
+                    "operationId": "suspend_cancel_v1",
+                    "summary": "End a suspension: body {id}.",
+                    "responses": { "200": { "description": "Cancelled." }, "404": error_response("No active rule has that id."), "401": text_response("The peer is not a trusted host.") }
+                }
+            },
             "/metrics": {
                 "get": {
                     "operationId": "metrics",

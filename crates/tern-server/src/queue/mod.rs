@@ -38,6 +38,7 @@
 //! messages that only exist in memory (`deferred_spool`) are written to
 //! the spool ([`QueueManager::save_unspooled`]).
 
+pub mod admin;
 pub mod deferred_inject;
 pub mod disposition;
 pub mod lua_delivery;
@@ -96,6 +97,8 @@ pub struct QueueManager {
     pub(crate) deferred_inject_slots: Arc<tokio::sync::Semaphore>,
     /// `kumo.suspend_delivery_when_spool_unhealthy` (default true).
     pub(crate) suspend_when_spool_unhealthy: bool,
+    /// Bounce and suspend rules set through the admin API.
+    pub admin: admin::AdminRules,
 }
 
 impl QueueManager {
@@ -124,6 +127,7 @@ impl QueueManager {
                 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
             )),
             suspend_when_spool_unhealthy,
+            admin: Default::default(),
         })
     }
 
@@ -254,6 +258,13 @@ pub struct ManagerSink(pub Arc<QueueManager>);
 
 impl QueueSink for ManagerSink {
     fn enqueue(&self, msg: Message, queue: String) {
+        // A message arriving while a bounce rule matches its queue goes at
+        // once, even when it would wait (a future due time) past the rule.
+        if let Some(rule) = self.0.admin.bounce_for(&queue) {
+            let mgr = self.0.clone();
+            tokio::spawn(async move { admin::bounce_message(&mgr, &rule, msg, &queue).await });
+            return;
+        }
         self.0.with_scheduled(&queue, |q| q.push_now(msg));
     }
 }

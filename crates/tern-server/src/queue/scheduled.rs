@@ -169,6 +169,20 @@ impl ScheduledQueue {
         self.len() == 0
     }
 
+    /// Take everything the queue holds (for an admin bounce): the messages
+    /// in memory, and the entries that wait on disk.
+    pub(crate) fn take_all(&self) -> (Vec<Message>, Vec<Waiting>) {
+        let mut state = self.state.lock();
+        let mut messages = std::mem::take(&mut state.due_now);
+        messages.extend(
+            std::mem::take(&mut state.unspooled_later)
+                .into_iter()
+                .map(|(_, m)| m),
+        );
+        let waiting = state.wheel.drain_all();
+        (messages, waiting)
+    }
+
     /// Bytes the timer wheel has allocated (for the memory benchmark).
     pub fn wheel_bytes(&self) -> usize {
         self.state.lock().wheel.allocated_bytes()
@@ -467,6 +481,16 @@ async fn promote(
     msg: Message,
     config: Result<&Arc<QueueConfig>, &String>,
 ) {
+    // Operator rules come first: a bounced message goes whatever its
+    // schedule, and a suspended queue sends nothing on.
+    if let Some(rule) = mgr.admin.bounce_for(&queue.name) {
+        super::admin::bounce_message(mgr, &rule, msg, &queue.name).await;
+        return;
+    }
+    if let Some(rule) = mgr.admin.suspension_for(&queue.name) {
+        disposition::transient(mgr, msg, &queue.name, "", rule.response(), None).await;
+        return;
+    }
     // `msg:set_scheduling`: outside its window the message waits, without
     // counting an attempt (§21).
     if let Some(scheduling) = disposition::scheduling_of(&msg) {

@@ -1,0 +1,352 @@
+//! The admin endpoints that act on the queues (§16): `/api/admin/bounce/v1`
+//! and `/api/admin/suspend/v1`, each with `POST` (make a rule), `GET`
+//! (list the active rules) and `DELETE` (cancel one by id).
+//!
+//! This module only translates HTTP and JSON; the rules and what they do
+//! to messages live in [`crate::queue::admin`]. Only trusted hosts reach
+//! these routes (the default ACL in [`super::auth`]).
+//!
+//! Request bodies are parsed strictly: an unknown field is a `400`, not
+//! ignored, because a misspelt criterion (`"domian"`) would otherwise
+//! leave a rule with no criteria, which matches every queue.
+
+use super::HttpListener;
+use super::body::read_body;
+use super::inject::json_error;
+use crate::queue::QueueManager;
+use crate::queue::admin::{AdminRules, BounceRule, Criteria, SuspendRule};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use uuid::Uuid;
+
+/// Admin request bodies are small; this bounds what a client can make us
+/// buffer.
+const BODY_LIMIT: usize = 64 * 1024;
+/// How long a rule lasts when the request names neither `duration` nor
+/// `expires` (KumoMTA's default).
+const DEFAULT_DURATION: Duration = Duration::from_secs(300);
+
+/// The body of a bounce or suspend request (`suppress_logging` is for
+/// bounces only).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleRequest {
+    reason: String,
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    routing_domain: Option<String>,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    campaign: Option<String>,
+    #[serde(default)]
+    queue_names: Option<Vec<String>>,
+    #[serde(default)]
+    duration: Option<String>,
+    #[serde(default)]
+    expires: Option<String>,
+    #[serde(default)]
+    suppress_logging: Option<bool>,
+}
+
+/// A checked [`RuleRequest`].
+struct NewRule {
+    criteria: Criteria,
+    reason: String,
+    expires: SystemTime,
+    suppress_logging: Option<bool>,
+}
+
+impl RuleRequest {
+    fn check(self) -> Result<NewRule, ApiError> {
+        if self.reason.trim().is_empty() {
+            return Err(ApiError::bad("reason must not be empty"));
+        }
+        let expires = expiry(self.duration.as_deref(), self.expires.as_deref())?;
+        Ok(NewRule {
+            criteria: Criteria {
+                domain: self.domain,
+                routing_domain: self.routing_domain,
+                tenant: self.tenant,
+                campaign: self.campaign,
+                queue_names: self.queue_names,
+            },
+            reason: self.reason,
+            expires,
+            suppress_logging: self.suppress_logging,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelRequest {
+    id: Uuid,
+}
+
+/// Why a request was refused: a JSON error, or an answer made elsewhere
+/// (the body reader's 413/415), kept boxed so results stay small.
+enum ApiError {
+    Json(StatusCode, String),
+    Made(Box<Response>),
+}
+
+impl ApiError {
+    fn bad(text: impl Into<String>) -> Self {
+        Self::Json(StatusCode::BAD_REQUEST, text.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Json(status, text) => json_error(status, text),
+            ApiError::Made(response) => *response,
+        }
+    }
+}
+
+fn json_ok(value: Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+async fn parse<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    let bytes = read_body(headers, body, BODY_LIMIT)
+        .await
+        .map_err(|r| ApiError::Made(Box::new(r)))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|err| ApiError::bad(format!("invalid request body: {err}")))
+}
+
+fn queues(listener: &HttpListener) -> Result<Arc<QueueManager>, ApiError> {
+    listener.state.queues().cloned().ok_or_else(|| {
+        ApiError::Json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the queues are not running yet (waiting for spool startup)".into(),
+        )
+    })
+}
+
+/// When a rule made now with these fields ends: `expires` (RFC 3339) or
+/// now + `duration` (default 5 minutes); not both.
+fn expiry(duration: Option<&str>, expires: Option<&str>) -> Result<SystemTime, ApiError> {
+    let bad = ApiError::bad;
+    match (duration, expires) {
+        (Some(_), Some(_)) => Err(bad("give either duration or expires, not both".into())),
+        (None, Some(at)) => {
+            let at = chrono::DateTime::parse_from_rfc3339(at)
+                .map_err(|err| bad(format!("expires {at:?} is not an RFC 3339 time: {err}")))?;
+            let at = SystemTime::from(at);
+            if at <= SystemTime::now() {
+                return Err(bad("expires is in the past".into()));
+            }
+            Ok(at)
+        }
+        (duration, None) => {
+            let length = match duration {
+                Some(text) => tern_types::duration::parse_duration(text)
+                    .map_err(|err| bad(format!("duration {text:?}: {err}")))?,
+                None => DEFAULT_DURATION,
+            };
+            if length.is_zero() {
+                return Err(bad("duration must be longer than zero".into()));
+            }
+            Ok(SystemTime::now() + length)
+        }
+    }
+}
+
+/// The time left as a humantime string ("4m 59s"), whole seconds.
+fn remaining(expires: SystemTime) -> String {
+    let left = expires
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    humantime::format_duration(Duration::from_secs(left.as_secs())).to_string()
+}
+
+/// The fields every rule listing shares.
+fn rule_json(
+    id: Uuid,
+    criteria: &Criteria,
+    reason: &str,
+    expires: SystemTime,
+) -> Map<String, Value> {
+    let mut entry = Map::new();
+    entry.insert("id".into(), json!(id));
+    entry.insert("domain".into(), json!(criteria.domain));
+    entry.insert("routing_domain".into(), json!(criteria.routing_domain));
+    entry.insert("tenant".into(), json!(criteria.tenant));
+    entry.insert("campaign".into(), json!(criteria.campaign));
+    entry.insert("queue_names".into(), json!(criteria.queue_names));
+    entry.insert("reason".into(), json!(reason));
+    entry.insert("duration".into(), json!(remaining(expires)));
+    entry
+}
+
+fn log_rule(kind: &str, id: Uuid, criteria: &Criteria, reason: &str, expires: SystemTime) {
+    tracing::warn!(
+        "admin {kind} {id}: {criteria:?} ({reason}) until {}",
+        humantime::format_rfc3339_seconds(expires)
+    );
+}
+
+/// Answer a handler's result, whichever way it went.
+fn answer(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `DELETE`: end the rule named in the body with `cancel`.
+async fn cancel(
+    listener: &HttpListener,
+    headers: HeaderMap,
+    body: Body,
+    kind: &str,
+    cancel: impl FnOnce(&AdminRules, Uuid) -> bool,
+) -> Result<Response, ApiError> {
+    let request: CancelRequest = parse(&headers, body).await?;
+    let queues = queues(listener)?;
+    if !cancel(&queues.admin, request.id) {
+        return Err(ApiError::Json(
+            StatusCode::NOT_FOUND,
+            format!("no active {kind} has id {}", request.id),
+        ));
+    }
+    tracing::warn!("admin {kind} {} cancelled", request.id);
+    Ok(json_ok(json!({})))
+}
+
+pub async fn bounce_create(
+    State(listener): State<Arc<HttpListener>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(
+        async {
+            let new = parse::<RuleRequest>(&headers, body).await?.check()?;
+            let queues = queues(&listener)?;
+            log_rule(
+                "bounce",
+                Uuid::nil(),
+                &new.criteria,
+                &new.reason,
+                new.expires,
+            );
+            let suppress = new.suppress_logging.unwrap_or(false);
+            let rule = Arc::new(BounceRule::new(
+                new.criteria,
+                new.reason,
+                new.expires,
+                suppress,
+            ));
+            queues.admin.add_bounce(rule.clone());
+            // The sweep runs after the answer, as in KumoMTA; the counts
+            // are in the GET listing.
+            tokio::spawn(crate::queue::admin::sweep(queues, rule.clone()));
+            Ok(json_ok(
+                json!({ "id": rule.id, "bounced": {}, "total_bounced": 0 }),
+            ))
+        }
+        .await,
+    )
+}
+
+pub async fn bounce_list(State(listener): State<Arc<HttpListener>>) -> Response {
+    answer(queues(&listener).map(|queues| {
+        let list = queues.admin.bounces().into_iter().map(|rule| {
+            let mut entry = rule_json(rule.id, &rule.criteria, &rule.reason, rule.expires);
+            let bounced = rule.bounced();
+            entry.insert("total_bounced".into(), json!(bounced.values().sum::<u64>()));
+            entry.insert("bounced".into(), json!(bounced));
+            Value::Object(entry)
+        });
+        json_ok(Value::Array(list.collect()))
+    }))
+}
+
+pub async fn bounce_cancel(
+    State(listener): State<Arc<HttpListener>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(
+        cancel(
+            &listener,
+            headers,
+            body,
+            "bounce",
+            AdminRules::cancel_bounce,
+        )
+        .await,
+    )
+}
+
+pub async fn suspend_create(
+    State(listener): State<Arc<HttpListener>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(
+        async {
+            let new = parse::<RuleRequest>(&headers, body).await?.check()?;
+            if new.suppress_logging.is_some() {
+                return Err(ApiError::bad("suppress_logging applies to bounces only"));
+            }
+            let queues = queues(&listener)?;
+            let rule = Arc::new(SuspendRule::new(new.criteria, new.reason, new.expires));
+            log_rule(
+                "suspend",
+                rule.id,
+                &rule.criteria,
+                &rule.reason,
+                rule.expires,
+            );
+            queues.admin.add_suspension(rule.clone());
+            Ok(json_ok(json!({ "id": rule.id })))
+        }
+        .await,
+    )
+}
+
+pub async fn suspend_list(State(listener): State<Arc<HttpListener>>) -> Response {
+    answer(queues(&listener).map(|queues| {
+        let list = queues.admin.suspensions().into_iter().map(|rule| {
+            Value::Object(rule_json(
+                rule.id,
+                &rule.criteria,
+                &rule.reason,
+                rule.expires,
+            ))
+        });
+        json_ok(Value::Array(list.collect()))
+    }))
+}
+
+pub async fn suspend_cancel(
+    State(listener): State<Arc<HttpListener>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(
+        cancel(
+            &listener,
+            headers,
+            body,
+            "suspension",
+            AdminRules::cancel_suspension,
+        )
+        .await,
+    )
+}

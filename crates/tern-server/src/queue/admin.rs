@@ -1,0 +1,370 @@
+//! Operator rules over the scheduled queues, set through the admin HTTP
+//! API (§16): **bounce** (remove matching messages with an `AdminBounce`
+//! record, now and for as long as the rule lasts) and **suspend** (matching
+//! scheduled queues promote nothing while the rule lasts).
+//!
+//! A rule names scheduled queues by the components of their names
+//! (`campaign:tenant@domain!routing_domain`) or by exact names; a rule
+//! with no criteria matches every queue. The rules are checked where
+//! messages pass anyway: when a message is enqueued (bounce) and when it
+//! is promoted towards delivery (bounce, then suspend), so a queue with no
+//! rules pays one atomic load. Creating a bounce rule also sweeps the
+//! matching queues at once, including messages that wait on disk for a
+//! retry.
+
+use super::QueueManager;
+use super::disposition;
+use super::scheduled::{ScheduledQueue, Waiting, internal};
+use parking_lot::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+use tern_log::{RecordType, Response};
+use tern_message::Message;
+use tern_types::QueueName;
+use uuid::Uuid;
+
+/// Which scheduled queues a rule applies to. Unset fields match anything;
+/// `queue_names`, when given, replaces the other fields.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Criteria {
+    pub domain: Option<String>,
+    pub routing_domain: Option<String>,
+    pub tenant: Option<String>,
+    pub campaign: Option<String>,
+    pub queue_names: Option<Vec<String>>,
+}
+
+impl Criteria {
+    pub fn matches(&self, queue: &str) -> bool {
+        if let Some(names) = &self.queue_names {
+            return names.iter().any(|n| n == queue);
+        }
+        let name = QueueName::parse(queue);
+        // Domains compare without regard to case, as DNS names do; tenant
+        // and campaign are the policy's own labels and compare exactly.
+        let same_domain = |want: &Option<String>, have: Option<&str>| match want {
+            None => true,
+            Some(want) => have.is_some_and(|have| have.eq_ignore_ascii_case(want)),
+        };
+        let same = |want: &Option<String>, have: Option<&str>| match want {
+            None => true,
+            Some(want) => have == Some(want.as_str()),
+        };
+        same_domain(&self.domain, Some(&name.domain))
+            && same_domain(&self.routing_domain, name.routing_domain.as_deref())
+            && same(&self.tenant, name.tenant.as_deref())
+            && same(&self.campaign, name.campaign.as_deref())
+    }
+}
+
+/// An active `POST /api/admin/bounce/v1`.
+#[derive(Debug)]
+pub struct BounceRule {
+    pub id: Uuid,
+    pub criteria: Criteria,
+    pub reason: String,
+    pub expires: SystemTime,
+    pub suppress_logging: bool,
+    /// Messages bounced so far, by scheduled queue.
+    bounced: Mutex<BTreeMap<String, u64>>,
+}
+
+impl BounceRule {
+    pub fn new(criteria: Criteria, reason: String, expires: SystemTime, suppress: bool) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            criteria,
+            reason,
+            expires,
+            suppress_logging: suppress,
+            bounced: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The response of the `AdminBounce` records (KumoMTA's wording).
+    pub fn response(&self) -> Response {
+        internal(
+            551,
+            "5.7.1",
+            &format!("Administrator bounced with reason: {}", self.reason),
+        )
+    }
+
+    pub fn bounced(&self) -> BTreeMap<String, u64> {
+        self.bounced.lock().clone()
+    }
+}
+
+/// An active `POST /api/admin/suspend/v1`.
+#[derive(Debug)]
+pub struct SuspendRule {
+    pub id: Uuid,
+    pub criteria: Criteria,
+    pub reason: String,
+    pub expires: SystemTime,
+}
+
+impl SuspendRule {
+    pub fn new(criteria: Criteria, reason: String, expires: SystemTime) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            criteria,
+            reason,
+            expires,
+        }
+    }
+
+    /// The response of the `TransientFailure` a held message gets.
+    pub fn response(&self) -> Response {
+        internal(
+            451,
+            "4.4.4",
+            &format!(
+                "KumoMTA internal: scheduled queue is suspended: {}",
+                self.reason
+            ),
+        )
+    }
+}
+
+/// The active rules. Expired rules are dropped when next looked at.
+#[derive(Default)]
+pub struct AdminRules {
+    bounces: Mutex<Vec<Arc<BounceRule>>>,
+    suspensions: Mutex<Vec<Arc<SuspendRule>>>,
+    /// Whether any rule may be active: the queues' fast path.
+    any: AtomicBool,
+}
+
+impl AdminRules {
+    pub fn add_bounce(&self, rule: Arc<BounceRule>) {
+        self.bounces.lock().push(rule);
+        self.any.store(true, Ordering::Release);
+    }
+
+    pub fn add_suspension(&self, rule: Arc<SuspendRule>) {
+        self.suspensions.lock().push(rule);
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// The active bounce rules, oldest first.
+    pub fn bounces(&self) -> Vec<Arc<BounceRule>> {
+        let now = SystemTime::now();
+        let mut rules = self.bounces.lock();
+        rules.retain(|r| r.expires > now);
+        rules.clone()
+    }
+
+    /// The active suspensions, oldest first.
+    pub fn suspensions(&self) -> Vec<Arc<SuspendRule>> {
+        let now = SystemTime::now();
+        let mut rules = self.suspensions.lock();
+        rules.retain(|r| r.expires > now);
+        rules.clone()
+    }
+
+    /// Remove bounce rule `id`; false when there is no such active rule.
+    pub fn cancel_bounce(&self, id: Uuid) -> bool {
+        let now = SystemTime::now();
+        let mut rules = self.bounces.lock();
+        let active = rules.iter().any(|r| r.id == id && r.expires > now);
+        rules.retain(|r| r.id != id && r.expires > now);
+        active
+    }
+
+    /// Remove suspension `id`; false when there is no such active rule.
+    pub fn cancel_suspension(&self, id: Uuid) -> bool {
+        let now = SystemTime::now();
+        let mut rules = self.suspensions.lock();
+        let active = rules.iter().any(|r| r.id == id && r.expires > now);
+        rules.retain(|r| r.id != id && r.expires > now);
+        active
+    }
+
+    /// The first active bounce rule matching `queue`.
+    pub fn bounce_for(&self, queue: &str) -> Option<Arc<BounceRule>> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        let now = SystemTime::now();
+        self.bounces
+            .lock()
+            .iter()
+            .find(|r| r.expires > now && r.criteria.matches(queue))
+            .cloned()
+    }
+
+    /// The first active suspension matching `queue`.
+    pub fn suspension_for(&self, queue: &str) -> Option<Arc<SuspendRule>> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        let now = SystemTime::now();
+        self.suspensions
+            .lock()
+            .iter()
+            .find(|r| r.expires > now && r.criteria.matches(queue))
+            .cloned()
+    }
+}
+
+/// Bounce one message under `rule`: its `AdminBounce` record (unless the
+/// rule suppresses logging), then its removal from both spools.
+pub async fn bounce_message(mgr: &QueueManager, rule: &BounceRule, msg: Message, queue: &str) {
+    *rule.bounced.lock().entry(queue.to_string()).or_default() += 1;
+    if !rule.suppress_logging {
+        disposition::log(
+            mgr,
+            RecordType::AdminBounce,
+            &msg,
+            queue,
+            "",
+            rule.response(),
+            None,
+        )
+        .await;
+    }
+    disposition::remove(mgr, &msg).await;
+}
+
+/// Apply a new bounce rule to what the matching scheduled queues hold now:
+/// messages in memory and messages waiting on disk for a retry alike.
+/// Messages already handed to a ready queue are checked there instead.
+pub async fn sweep(mgr: Arc<QueueManager>, rule: Arc<BounceRule>) {
+    let queues: Vec<Arc<ScheduledQueue>> = mgr
+        .scheduled
+        .lock()
+        .values()
+        .filter(|q| rule.criteria.matches(&q.name))
+        .cloned()
+        .collect();
+    for queue in queues {
+        let (messages, waiting) = queue.take_all();
+        for msg in messages {
+            bounce_message(&mgr, &rule, msg, &queue.name).await;
+        }
+        for entry in waiting {
+            bounce_waiting(&mgr, &rule, entry, &queue.name).await;
+        }
+    }
+}
+
+/// A message that waits on disk: its record needs only the metadata.
+async fn bounce_waiting(mgr: &QueueManager, rule: &BounceRule, entry: Waiting, queue: &str) {
+    let reception = &mgr.reception;
+    match reception.meta.load(entry.id).await {
+        Ok(meta) => match Message::from_meta_spool_only(entry.id, &meta) {
+            Ok(msg) => {
+                msg.set_num_attempts(entry.attempts);
+                bounce_message(mgr, rule, msg, queue).await;
+                return;
+            }
+            Err(err) => tracing::warn!("admin bounce: {queue}: {}: {err}", entry.id),
+        },
+        Err(err) => tracing::warn!("admin bounce: {queue}: {}: {err}", entry.id),
+    }
+    // Unreadable: nothing can be logged about it, but the operator asked
+    // for it to go, and a spool entry nobody can read would only fail
+    // again at its next retry.
+    *rule.bounced.lock().entry(queue.to_string()).or_default() += 1;
+    let _ = reception.meta.remove(entry.id).await;
+    let _ = reception.data.remove(entry.id).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn criteria(domain: Option<&str>, tenant: Option<&str>, campaign: Option<&str>) -> Criteria {
+        Criteria {
+            domain: domain.map(Into::into),
+            tenant: tenant.map(Into::into),
+            campaign: campaign.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn criteria_match_queue_name_components() {
+        let any = Criteria::default();
+        assert!(any.matches("example.com"));
+        assert!(any.matches("c:t@example.com!mx.example.net"));
+
+        let domain = criteria(Some("Example.COM"), None, None);
+        assert!(domain.matches("example.com"));
+        assert!(domain.matches("camp:ten@example.com"));
+        assert!(!domain.matches("example.org"));
+
+        let tenant = criteria(None, Some("t1"), None);
+        assert!(tenant.matches("t1@example.com"));
+        assert!(tenant.matches("c:t1@example.org"));
+        assert!(!tenant.matches("t2@example.com"));
+        assert!(!tenant.matches("example.com"), "no tenant is not tenant t1");
+
+        let both = criteria(Some("example.com"), Some("t1"), Some("c"));
+        assert!(both.matches("c:t1@example.com"));
+        assert!(!both.matches("d:t1@example.com"));
+
+        let routed = Criteria {
+            routing_domain: Some("relay.example.net".into()),
+            ..Default::default()
+        };
+        assert!(routed.matches("example.com!relay.example.net"));
+        assert!(!routed.matches("example.com"));
+
+        let names = Criteria {
+            queue_names: Some(vec!["t1@example.com".into()]),
+            domain: Some("example.org".into()),
+            ..Default::default()
+        };
+        assert!(
+            names.matches("t1@example.com"),
+            "queue_names replaces domain"
+        );
+        assert!(!names.matches("example.org"));
+    }
+
+    #[test]
+    fn expired_rules_stop_matching_and_cancel_reports_only_active_ones() {
+        let rules = AdminRules::default();
+        assert!(rules.bounce_for("example.com").is_none());
+        let past = SystemTime::now() - Duration::from_secs(1);
+        let old = Arc::new(BounceRule::new(
+            Criteria::default(),
+            "old".into(),
+            past,
+            false,
+        ));
+        rules.add_bounce(old.clone());
+        assert!(rules.bounce_for("example.com").is_none());
+        assert!(!rules.cancel_bounce(old.id), "an expired rule is not found");
+
+        let later = SystemTime::now() + Duration::from_secs(60);
+        let live = Arc::new(BounceRule::new(
+            Criteria::default(),
+            "live".into(),
+            later,
+            false,
+        ));
+        rules.add_bounce(live.clone());
+        assert_eq!(rules.bounce_for("example.com").unwrap().id, live.id);
+        assert_eq!(rules.bounces().len(), 1);
+        assert!(rules.cancel_bounce(live.id));
+        assert!(!rules.cancel_bounce(live.id));
+        assert!(rules.bounce_for("example.com").is_none());
+
+        let hold = Arc::new(SuspendRule::new(
+            criteria(Some("example.com"), None, None),
+            "r".into(),
+            later,
+        ));
+        rules.add_suspension(hold.clone());
+        assert!(rules.suspension_for("example.com").is_some());
+        assert!(rules.suspension_for("example.org").is_none());
+        assert!(rules.cancel_suspension(hold.id));
+        assert!(rules.suspension_for("example.com").is_none());
+    }
+}
