@@ -20,6 +20,7 @@ pub mod http;
 pub mod init;
 pub mod listener_domain;
 pub mod log_hooks;
+pub mod machine;
 pub mod maintenance;
 pub mod memory;
 pub mod metrics;

@@ -21,6 +21,8 @@ pub struct ServerState {
     pub metrics: tern_metrics::Registry,
     /// The queue layer, once started (the admin API acts on it).
     queues: OnceLock<Arc<crate::queue::QueueManager>>,
+    /// When this server state was made, at startup (`online_since`).
+    pub started: std::time::SystemTime,
 }
 
 impl ServerState {
@@ -41,6 +43,7 @@ impl ServerState {
             reception: OnceLock::new(),
             metrics: tern_metrics::Registry::new(),
             queues: OnceLock::new(),
+            started: std::time::SystemTime::now(),
         }
     }
 

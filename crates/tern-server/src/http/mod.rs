@@ -134,6 +134,24 @@ async fn memory_stats(State(listener): State<Arc<HttpListener>>) -> Response {
     }
 }
 
+/// Retire every pooled Lua state and re-evaluate epoch-refreshed
+/// configuration, as a change to a monitored file would.
+async fn bump_config_epoch(State(listener): State<Arc<HttpListener>>) -> Response {
+    let epoch = listener.state.engine.epoch().bump();
+    tracing::info!("configuration epoch bumped to {epoch} by an admin request");
+    (StatusCode::OK, "").into_response()
+}
+
+async fn machine_info(State(listener): State<Arc<HttpListener>>) -> Response {
+    let state = &listener.state;
+    let info = crate::machine::machine_info(&state.hostname, &state.node_id, state.started);
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        info.to_string(),
+    )
+        .into_response()
+}
+
 #[derive(Deserialize)]
 struct MetricsQuery {
     /// Put before every metric name (KumoMTA's `?prefix=kumomta_`), so
@@ -243,6 +261,8 @@ pub fn router(listener: Arc<HttpListener>) -> Router {
                 .get(admin::suspend_list)
                 .delete(admin::suspend_cancel),
         )
+        .route("/api/admin/bump-config-epoch", post(bump_config_epoch))
+        .route("/api/machine-info", get(machine_info))
         .route("/metrics", get(metrics_text))
         .route("/metrics.json", get(metrics_json))
         .layer(middleware::from_fn_with_state(

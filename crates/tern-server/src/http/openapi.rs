@@ -228,6 +228,23 @@ pub fn openapi_spec() -> String {
                     }
                 }
             },
+            "/api/admin/bump-config-epoch": {
+                "post": {
+                    "operationId": "bump_config_epoch",
+                    "summary": "Bump the configuration epoch: pooled Lua states are retired and Epoch-refreshed configuration is asked for again.",
+                    "responses": { "200": text_response("Empty."), "401": text_response("The peer is not a trusted host.") }
+                }
+            },
+            "/api/machine-info": {
+                "get": {
+                    "operationId": "machine_info",
+                    "summary": "Facts about the host (MachineInfoV1): hostname, node_id, cores, memory, OS, kernel, MAC address, start time, version.",
+                    "responses": {
+                        "200": { "description": "The facts.", "content": { "application/json": { "schema": { "type": "object" } } } },
+                        "401": text_response("The peer is not a trusted host.")
+                    }
+                }
+            },
             "/api/admin/bounce/v1": {
                 "post": {
                     "operationId": "bounce_v1",
