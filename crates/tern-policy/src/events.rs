@@ -25,10 +25,6 @@ pub const MULTI_HANDLER_EVENTS: &[&str] = &[
 /// handler for one is refused: a handler that silently never runs (a
 /// throttle never applied, a rebind never done) is worse than an error.
 pub const UNFIRED_EVENTS: &[(&str, &str)] = &[
-    (
-        "throttle_insert_ready_queue",
-        "promotion does not call policy throttles yet, and kumo.make_throttle is not supported either",
-    ),
     ("rebind_message", "there is no admin rebind API yet"),
     (
         "xfer_message_received",

@@ -29,6 +29,7 @@ pub mod lua;
 pub mod ready_name;
 pub mod scheduling;
 pub mod throttle;
+pub mod throttle_lua;
 pub mod timer;
 pub mod wrr;
 
@@ -43,6 +44,7 @@ pub use lua::{
 };
 pub use ready_name::ready_queue_name;
 pub use scheduling::Scheduling;
-pub use throttle::{ConnectionLimiter, Lease, ThrottleRegistry};
+pub use throttle::{ConnectionLimiter, Lease, ThrottleOutcome, ThrottleRegistry};
+pub use throttle_lua::ThrottleLuaRegistrar;
 pub use timer::TimerWheel;
 pub use wrr::WeightedRoundRobin;

@@ -21,6 +21,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tern_types::{LimitSpec, ThrottleSpec};
 
+/// What one check of a throttle found (see
+/// [`ThrottleRegistry::check_detailed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThrottleOutcome {
+    /// The event was refused (and not counted).
+    pub throttled: bool,
+    /// How many events may happen back to back (the burst).
+    pub limit: u64,
+    /// How many more may happen right now.
+    pub remaining: u64,
+    /// Until the throttle is fully recovered.
+    pub reset_after: Duration,
+    /// When refused: how long until the event would be allowed.
+    pub retry_after: Option<Duration>,
+}
+
 /// GCRA state for many named throttles.
 #[derive(Debug, Default)]
 pub struct ThrottleRegistry {
@@ -37,11 +53,23 @@ impl ThrottleRegistry {
     /// `Ok(())` means go ahead (and the event is counted); `Err(wait)`
     /// means refused, retry after `wait`.
     pub fn check(&self, key: &str, spec: &ThrottleSpec, now: Instant) -> Result<(), Duration> {
+        match self.check_detailed(key, spec, now).retry_after {
+            None => Ok(()),
+            Some(wait) => Err(wait),
+        }
+    }
+
+    /// [`Self::check`] with the figures a policy's `throttle:throttle()`
+    /// reports: the burst limit, what remains of it, and when the
+    /// throttle is fully recovered.
+    pub fn check_detailed(&self, key: &str, spec: &ThrottleSpec, now: Instant) -> ThrottleOutcome {
         let interval = spec.emission_interval();
-        let tolerance = interval.saturating_mul(spec.max_burst.clamp(1, u32::MAX as u64) as u32);
-        let decide = |stored: Option<Instant>| -> Result<Instant, Duration> {
-            let start = stored.map_or(now, |tat| tat.max(now));
-            let next = start + interval;
+        let burst = spec.max_burst.clamp(1, u32::MAX as u64);
+        let tolerance = interval.saturating_mul(burst as u32);
+        // GCRA: `tat` is when the throttle would be fully recovered; an
+        // event is allowed while it stays within `tolerance` of now.
+        let decide = |tat: Instant| -> Result<Instant, Duration> {
+            let next = tat.max(now) + interval;
             let ahead = next - now;
             if ahead > tolerance {
                 Err(ahead - tolerance)
@@ -49,13 +77,32 @@ impl ThrottleRegistry {
                 Ok(next)
             }
         };
-        if let Some(mut tat) = self.arrivals.get_mut(key) {
-            *tat = decide(Some(*tat))?;
-            return Ok(());
+        // The common case (a key seen before) takes no allocation.
+        let mut tat = match self.arrivals.get_mut(key) {
+            Some(tat) => tat,
+            None => self.arrivals.entry(key.into()).or_insert(now),
+        };
+        let (result, stored) = match decide(*tat) {
+            Ok(next) => {
+                *tat = next;
+                (None, next)
+            }
+            Err(wait) => (Some(wait), *tat),
+        };
+        drop(tat);
+        let used = stored.saturating_duration_since(now);
+        let remaining = if interval.is_zero() {
+            burst
+        } else {
+            (tolerance.saturating_sub(used).as_nanos() / interval.as_nanos()) as u64
+        };
+        ThrottleOutcome {
+            throttled: result.is_some(),
+            limit: burst,
+            remaining,
+            reset_after: used,
+            retry_after: result,
         }
-        let mut tat = self.arrivals.entry(key.into()).or_insert(now);
-        *tat = decide(Some(*tat))?;
-        Ok(())
     }
 
     /// Drop the state of throttles that have fully recovered (their next
@@ -176,6 +223,37 @@ mod tests {
         assert_eq!(throttles.check("k", &s, t), Ok(()));
         // Another key is independent.
         assert_eq!(throttles.check("other", &s, t0), Ok(()));
+    }
+
+    #[test]
+    fn detailed_checks_report_limit_remaining_and_reset() {
+        let throttles = ThrottleRegistry::new();
+        let t0 = Instant::now();
+        let s = spec("4/s");
+        let first = throttles.check_detailed("k", &s, t0);
+        assert_eq!(
+            first,
+            ThrottleOutcome {
+                throttled: false,
+                limit: 4,
+                remaining: 3,
+                reset_after: Duration::from_millis(250),
+                retry_after: None,
+            }
+        );
+        for left in [2, 1, 0] {
+            assert_eq!(throttles.check_detailed("k", &s, t0).remaining, left);
+        }
+        let refused = throttles.check_detailed("k", &s, t0);
+        assert!(refused.throttled);
+        assert_eq!(refused.remaining, 0);
+        assert_eq!(refused.retry_after, Some(Duration::from_millis(250)));
+        assert_eq!(refused.reset_after, Duration::from_secs(1));
+        // A refused check is not counted: half a second later two slots
+        // have come back.
+        let later = throttles.check_detailed("k", &s, t0 + Duration::from_millis(500));
+        assert!(!later.throttled);
+        assert_eq!(later.remaining, 1);
     }
 
     #[test]

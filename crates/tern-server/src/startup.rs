@@ -264,6 +264,7 @@ fn registrars(
         Arc::new(crate::memory::MemoryRegistrar(memory.clone())),
         Arc::new(tern_dns::DnsRegistrar::new(dns.clone())),
         Arc::new(tern_queue::lua::QueueLuaRegistrar),
+        Arc::new(tern_queue::ThrottleLuaRegistrar::new(user_throttles())),
         Arc::new(tern_message::mimepart_lua::register),
         Arc::new(tern_luahttp::HttpRegistrar::default()),
         Arc::new(crate::reception::SaveRegistrar(spools_for_save.clone())),
@@ -273,6 +274,25 @@ fn registrars(
         ),
     ];
     Ok((registrars, dns))
+}
+
+/// The registry behind `kumo.make_throttle`, shared by every Lua state,
+/// with a task that drops throttles that have fully recovered (policies
+/// often name one per tenant or sender, so the keys would otherwise only
+/// grow).
+fn user_throttles() -> Arc<tern_queue::ThrottleRegistry> {
+    let registry = Arc::new(tern_queue::ThrottleRegistry::new());
+    let weak = Arc::downgrade(&registry);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            match weak.upgrade() {
+                Some(registry) => registry.purge_idle(std::time::Instant::now()),
+                None => return,
+            }
+        }
+    });
+    registry
 }
 
 async fn run_event(

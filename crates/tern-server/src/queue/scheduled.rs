@@ -23,6 +23,7 @@ use super::disposition::{self, Requeue};
 use super::ready::{self, Target};
 use super::{QueueManager, policy};
 use futures::StreamExt;
+use mlua::IntoLuaMulti;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -473,6 +474,30 @@ async fn hold(
     }
 }
 
+/// Run `throttle_insert_ready_queue` when the policy has a handler;
+/// `Some(wait)` when the handlers left the message due at least a tick
+/// from now. A handler error is logged and the message goes on, as a
+/// broken throttle should not stop delivery.
+async fn insert_throttle(mgr: &QueueManager, msg: &Message) -> Option<Duration> {
+    const EVENT: &str = "throttle_insert_ready_queue";
+    if !mgr.engine.has_handler(EVENT).await.unwrap_or(false) {
+        return None;
+    }
+    let m = msg.clone();
+    if let Err(err) = mgr
+        .engine
+        .dispatch(EVENT, move |lua| m.into_lua_multi(lua), |_, _| Ok(()))
+        .await
+    {
+        tracing::error!("{EVENT} for {}: {err}", msg.id());
+        return None;
+    }
+    let now = SystemTime::now();
+    msg.due()
+        .and_then(|due| due.duration_since(now).ok())
+        .filter(|wait| *wait >= TICK)
+}
+
 /// Promotion (§7.1): from the scheduled queue to a ready queue (or, for
 /// Maildir, straight to delivery).
 async fn promote(
@@ -530,6 +555,15 @@ async fn promote(
             disposition::requeue(mgr, msg, how, &queue.name).await;
             return;
         }
+    }
+    // `throttle_insert_ready_queue` (§7.1): the policy's own throttles.
+    // A handler that moved the due time later (usually through
+    // `throttle:delay_message_if_throttled(msg)`) sends the message back
+    // until then, without counting an attempt.
+    if let Some(wait) = insert_throttle(mgr, &msg).await {
+        let how = Requeue::throttled("ThrottledByThrottleInsertReadyQueue", wait);
+        disposition::requeue(mgr, msg, how, &queue.name).await;
+        return;
     }
     let name = QueueName::parse(&queue.name);
     let routing_domain = msg
