@@ -24,13 +24,10 @@ pub const MULTI_HANDLER_EVENTS: &[&str] = &[
 /// KumoMTA events that Tern never fires, with the reason. Registering a
 /// handler for one is refused: a handler that silently never runs (a
 /// throttle never applied, a rebind never done) is worse than an error.
-pub const UNFIRED_EVENTS: &[(&str, &str)] = &[
-    ("rebind_message", "there is no admin rebind API yet"),
-    (
-        "xfer_message_received",
-        "there is no inter-node transfer yet",
-    ),
-];
+pub const UNFIRED_EVENTS: &[(&str, &str)] = &[(
+    "xfer_message_received",
+    "there is no inter-node transfer yet",
+)];
 
 pub fn is_multi_handler(event: &str) -> bool {
     MULTI_HANDLER_EVENTS.contains(&event)

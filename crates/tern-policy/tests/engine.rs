@@ -509,7 +509,7 @@ async fn only_the_listed_events_take_several_handlers() {
 /// keeping a handler that would silently never run.
 #[tokio::test]
 async fn events_tern_never_fires_are_refused_at_registration() {
-    for event in ["rebind_message", "xfer_message_received"] {
+    for event in ["xfer_message_received"] {
         let dir = tempfile::tempdir().unwrap();
         let path = write_policy(
             &dir,

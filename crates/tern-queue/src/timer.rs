@@ -277,6 +277,29 @@ impl<T> TimerWheel<T> {
         out
     }
 
+    /// [`Self::drain_all`] with each item's due time (rounded up to its
+    /// tick; overdue items get the current tick's time), so a caller can
+    /// put items back where they were (admin rebind).
+    pub fn drain_all_with_due(&mut self) -> Vec<(SystemTime, T)> {
+        let overdue_at = self.time_of_tick(self.current.saturating_sub(1));
+        let mut out: Vec<(SystemTime, T)> = std::mem::take(&mut self.overdue)
+            .into_iter()
+            .map(|item| (overdue_at, item))
+            .collect();
+        for index in 0..LEVELS {
+            for slot in 0..SLOTS {
+                let entries = std::mem::take(&mut self.levels[index].slots[slot]);
+                for entry in entries {
+                    let due = self.time_of_tick(self.full_tick(entry.tick));
+                    out.push((due, entry.item));
+                }
+            }
+            self.levels[index].occupied = 0;
+        }
+        self.len = 0;
+        out
+    }
+
     /// Keep only the items for which `keep` returns true.
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         self.overdue.retain(&mut keep);
@@ -439,6 +462,31 @@ mod tests {
             wheel.pop_due(near_wrap + Duration::from_secs(3600)),
             vec!['y']
         );
+    }
+
+    #[test]
+    fn drain_with_due_keeps_each_items_time() {
+        let mut wheel = TimerWheel::new(origin(), Duration::from_secs(1));
+        wheel.pop_due(at(100));
+        wheel.insert(at(50), 'o'); // already overdue
+        wheel.insert(at(150), 'a');
+        wheel.insert(at(5000), 'b'); // a higher level
+        wheel.insert(at(4_000_000), 'c'); // higher still
+        let mut all = wheel.drain_all_with_due();
+        all.sort();
+        assert_eq!(all.len(), 4);
+        assert!(wheel.is_empty());
+        assert_eq!(wheel.next_deadline(), None);
+        assert!(all[0].0 <= at(101) && all[0].1 == 'o', "{all:?}");
+        assert_eq!(
+            &all[1..],
+            &[(at(150), 'a'), (at(5000), 'b'), (at(4_000_000), 'c')]
+        );
+        // Put back, they come due as before.
+        for (due, item) in all {
+            wheel.insert(due, item);
+        }
+        assert_eq!(wheel.pop_due(at(4999)), vec!['o', 'a']);
     }
 
     #[test]

@@ -276,3 +276,88 @@ fn a_suspended_queue_promotes_nothing_until_the_suspension_is_cancelled() {
     );
     assert_eq!(sink.stats().messages, 1);
 }
+
+#[test]
+fn a_rebind_moves_held_messages_to_their_new_queue_due_now() {
+    let sink = TestSink::start(SinkConfig::default());
+    let mut policy = head();
+    policy.push_str(&routed(sink.port(), "1h"));
+    policy.push_str(
+        r#"
+kumo.on('rebind_message', function(msg, data)
+  msg:set_meta('tenant', data.to_tenant)
+end)
+"#,
+    );
+    let server = start_tern(policy);
+    let http = server.listener("http");
+    let logs = server.dir().join("logs");
+    for to in [
+        "t1-hold-a@example.com",
+        "t1-hold-b@example.com",
+        "t2-hold-a@example.com",
+    ] {
+        send(&server, to);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sink.stats().messages, 0, "all held for an hour");
+
+    let (code, error) = post(
+        http,
+        "/api/admin/rebind/v1",
+        r#"{"tenant": "t1", "reason": "x"}"#,
+    );
+    assert_eq!(code, 400, "data is required: {error}");
+
+    // Meta written directly: tenant t1's queue changes, so its messages
+    // are due at once and reach the peer; t2's stay held.
+    let (code, body) = post(
+        http,
+        "/api/admin/rebind/v1",
+        r#"{"tenant": "t1", "reason": "move", "data": {"tenant": "t9"}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, serde_json::json!({}));
+    let records = wait_for_records(&logs, Duration::from_secs(20), |r| {
+        count(r, "Delivery") >= 2
+    });
+    let rebound = of_type(&records, "AdminRebind");
+    assert_eq!(rebound.len(), 2, "{rebound:?}");
+    for record in &rebound {
+        assert_eq!(record["queue"], "t9@example.com");
+        let content = record["response"]["content"].as_str().unwrap();
+        assert!(
+            content.contains("t1@example.com")
+                && content.contains("t9@example.com")
+                && content.contains("move"),
+            "{content}"
+        );
+    }
+    for record in of_type(&records, "Delivery") {
+        assert_eq!(record["queue"], "t9@example.com");
+        assert!(
+            record["recipient"]
+                .as_str()
+                .unwrap()
+                .starts_with("t1-hold-")
+        );
+    }
+    assert_eq!(sink.stats().messages, 2);
+
+    // Through the policy's rebind_message event.
+    let (code, body) = post(
+        http,
+        "/api/admin/rebind/v1",
+        r#"{"tenant": "t2", "reason": "by policy", "data": {"to_tenant": "t8"}, "trigger_rebind_event": true}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let records = wait_for_records(&logs, Duration::from_secs(20), |r| {
+        count(r, "Delivery") >= 3
+    });
+    let last = of_type(&records, "Delivery")
+        .into_iter()
+        .find(|r| r["recipient"] == "t2-hold-a@example.com")
+        .expect("t2 delivered");
+    assert_eq!(last["queue"], "t8@example.com");
+    assert_eq!(count(&records, "AdminRebind"), 3);
+}

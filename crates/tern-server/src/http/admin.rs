@@ -1,6 +1,7 @@
 //! The admin endpoints that act on the queues (§16): `/api/admin/bounce/v1`
 //! and `/api/admin/suspend/v1`, each with `POST` (make a rule), `GET`
-//! (list the active rules) and `DELETE` (cancel one by id).
+//! (list the active rules) and `DELETE` (cancel one by id), and
+//! `POST /api/admin/rebind/v1` (a one-off move).
 //!
 //! This module only translates HTTP and JSON; the rules and what they do
 //! to messages live in [`crate::queue::admin`]. Only trusted hosts reach
@@ -84,6 +85,27 @@ impl RuleRequest {
             suppress_logging: self.suppress_logging,
         })
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RebindRequest {
+    reason: String,
+    data: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    routing_domain: Option<String>,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    campaign: Option<String>,
+    #[serde(default)]
+    always_flush: bool,
+    #[serde(default)]
+    suppress_logging: bool,
+    #[serde(default)]
+    trigger_rebind_event: bool,
 }
 
 #[derive(Deserialize)]
@@ -347,6 +369,47 @@ pub async fn suspend_cancel(
             "suspension",
             AdminRules::cancel_suspension,
         )
+        .await,
+    )
+}
+
+pub async fn rebind(
+    State(listener): State<Arc<HttpListener>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(
+        async {
+            let request: RebindRequest = parse(&headers, body).await?;
+            if request.reason.trim().is_empty() {
+                return Err(ApiError::bad("reason must not be empty"));
+            }
+            if request.data.is_empty() && !request.trigger_rebind_event {
+                return Err(ApiError::bad(
+                    "data must name at least one meta key to change (or set trigger_rebind_event)",
+                ));
+            }
+            let queues = queues(&listener)?;
+            let rebind = Arc::new(crate::queue::admin::Rebind {
+                criteria: Criteria {
+                    domain: request.domain,
+                    routing_domain: request.routing_domain,
+                    tenant: request.tenant,
+                    campaign: request.campaign,
+                    queue_names: None,
+                },
+                reason: request.reason,
+                data: request.data,
+                trigger_event: request.trigger_rebind_event,
+                always_flush: request.always_flush,
+                suppress_logging: request.suppress_logging,
+            });
+            tracing::warn!("admin rebind: {rebind:?}");
+            // Done after the answer, as in KumoMTA; the server log gives
+            // the counts when it ends.
+            tokio::spawn(crate::queue::admin::rebind(queues, rebind));
+            Ok(json_ok(json!({})))
+        }
         .await,
     )
 }

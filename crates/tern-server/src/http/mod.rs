@@ -261,6 +261,7 @@ pub fn router(listener: Arc<HttpListener>) -> Router {
                 .get(admin::suspend_list)
                 .delete(admin::suspend_cancel),
         )
+        .route("/api/admin/rebind/v1", post(admin::rebind))
         .route("/api/admin/bump-config-epoch", post(bump_config_epoch))
         .route("/api/machine-info", get(machine_info))
         .route("/metrics", get(metrics_text))

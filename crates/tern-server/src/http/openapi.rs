@@ -228,6 +228,18 @@ pub fn openapi_spec() -> String {
                     }
                 }
             },
+            "/api/admin/rebind/v1": {
+                "post": {
+                    "operationId": "rebind_v1",
+                    "summary": "Move the messages of the matching scheduled queues: write data into their metadata (or call rebind_message with trigger_rebind_event) and file them in the queue that now names. Body: {reason, data, domain?, routing_domain?, tenant?, campaign?, always_flush?, suppress_logging?, trigger_rebind_event?}; answer {}.",
+                    "responses": {
+                        "200": { "description": "The rebind runs in the background." },
+                        "400": error_response("Invalid JSON, an unknown field, an empty reason, or no data."),
+                        "401": text_response("The peer is not a trusted host."),
+                        "503": error_response("The queues are not running yet.")
+                    }
+                }
+            },
             "/api/admin/bump-config-epoch": {
                 "post": {
                     "operationId": "bump_config_epoch",

@@ -1,7 +1,9 @@
-//! Operator rules over the scheduled queues, set through the admin HTTP
-//! API (§16): **bounce** (remove matching messages with an `AdminBounce`
-//! record, now and for as long as the rule lasts) and **suspend** (matching
-//! scheduled queues promote nothing while the rule lasts).
+//! Operator actions on the scheduled queues, through the admin HTTP API
+//! (§16): **bounce** (remove matching messages with an `AdminBounce`
+//! record, now and for as long as the rule lasts), **suspend** (matching
+//! scheduled queues promote nothing while the rule lasts) and **rebind**
+//! (a one-off move of matching messages to the queues their changed
+//! metadata names).
 //!
 //! A rule names scheduled queues by the components of their names
 //! (`campaign:tenant@domain!routing_domain`) or by exact names; a rule
@@ -241,11 +243,11 @@ pub async fn sweep(mgr: Arc<QueueManager>, rule: Arc<BounceRule>) {
         .cloned()
         .collect();
     for queue in queues {
-        let (messages, waiting) = queue.take_all();
-        for msg in messages {
+        let taken = queue.take_all();
+        for (_, msg) in taken.messages {
             bounce_message(&mgr, &rule, msg, &queue.name).await;
         }
-        for entry in waiting {
+        for (_, entry) in taken.waiting {
             bounce_waiting(&mgr, &rule, entry, &queue.name).await;
         }
     }
@@ -271,6 +273,163 @@ async fn bounce_waiting(mgr: &QueueManager, rule: &BounceRule, entry: Waiting, q
     *rule.bounced.lock().entry(queue.to_string()).or_default() += 1;
     let _ = reception.meta.remove(entry.id).await;
     let _ = reception.data.remove(entry.id).await;
+}
+
+/// A `POST /api/admin/rebind/v1`: a one-off move, not a lasting rule.
+#[derive(Debug)]
+pub struct Rebind {
+    pub criteria: Criteria,
+    pub reason: String,
+    /// Written into each message's metadata, or handed to the policy's
+    /// `rebind_message(msg, data)` when `trigger_event` is set.
+    pub data: BTreeMap<String, String>,
+    pub trigger_event: bool,
+    /// Make every matched message due now, not only the moved ones.
+    pub always_flush: bool,
+    pub suppress_logging: bool,
+}
+
+/// How many messages a rebind looked at and how many changed queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RebindCounts {
+    pub matched: usize,
+    pub moved: usize,
+}
+
+/// Apply `rebind` to every message of the matching scheduled queues.
+/// Messages that wait on disk are read back (metadata only), changed,
+/// written back, and filed again as entries that wait on disk.
+pub async fn rebind(mgr: Arc<QueueManager>, rebind: Arc<Rebind>) -> RebindCounts {
+    let queues: Vec<Arc<ScheduledQueue>> = mgr
+        .scheduled
+        .lock()
+        .values()
+        .filter(|q| rebind.criteria.matches(&q.name))
+        .cloned()
+        .collect();
+    let mut counts = RebindCounts::default();
+    for queue in queues {
+        let taken = queue.take_all();
+        for (due, msg) in taken.messages {
+            counts.matched += 1;
+            let (target, moved) = rebind_one(&mgr, &rebind, &msg, &queue.name).await;
+            counts.moved += usize::from(moved);
+            if moved || rebind.always_flush || due.is_none() {
+                msg.set_due(None);
+            } else {
+                msg.set_due(due);
+            }
+            mgr.with_scheduled(&target, |q| q.push_now(msg));
+        }
+        for (due, entry) in taken.waiting {
+            counts.matched += 1;
+            let target = match load(&mgr, entry, rebind.trigger_event).await {
+                Some(msg) => {
+                    let (target, moved) = rebind_one(&mgr, &rebind, &msg, &queue.name).await;
+                    counts.moved += usize::from(moved);
+                    let due = if moved || rebind.always_flush {
+                        SystemTime::now()
+                    } else {
+                        due
+                    };
+                    (target, due)
+                }
+                // Unreadable: left where it was, to fail (and be logged)
+                // at its own due time like any unreadable entry.
+                None => (queue.name.clone(), due),
+            };
+            mgr.with_scheduled(&target.0, |q| q.insert_waiting(target.1, entry));
+        }
+    }
+    tracing::info!(
+        "admin rebind ({}): {} messages matched, {} moved",
+        rebind.reason,
+        counts.matched,
+        counts.moved
+    );
+    counts
+}
+
+/// Read a waiting message back: its metadata, and its body too when the
+/// policy's `rebind_message` will see it (it may read or change the
+/// content, and a changed body is written back).
+async fn load(mgr: &QueueManager, entry: Waiting, with_body: bool) -> Option<Message> {
+    let meta = mgr.reception.meta.load(entry.id).await.ok()?;
+    let msg = if with_body {
+        let data = mgr.reception.data.load(entry.id).await.ok()?;
+        Message::from_spool(entry.id, &meta, data.into()).ok()?
+    } else {
+        Message::from_meta_spool_only(entry.id, &meta).ok()?
+    };
+    msg.set_num_attempts(entry.attempts);
+    Some(msg)
+}
+
+/// Change one message as the rebind says, write its metadata back, and
+/// log `AdminRebind` when its queue changed. Returns the queue it belongs
+/// in now, and whether that is a different one.
+async fn rebind_one(
+    mgr: &QueueManager,
+    rebind: &Rebind,
+    msg: &Message,
+    old_queue: &str,
+) -> (String, bool) {
+    // A `deferred_spool` message the spool never had stays in memory only.
+    let in_spool = !msg.is_data_dirty() && !msg.is_meta_dirty();
+    if rebind.trigger_event {
+        let m = msg.clone();
+        let data = rebind.data.clone();
+        let result = mgr
+            .engine
+            .dispatch(
+                "rebind_message",
+                move |lua| mlua::IntoLuaMulti::into_lua_multi((m, data), lua),
+                |_, _| Ok(()),
+            )
+            .await;
+        if let Err(err) = result {
+            tracing::error!(
+                "rebind_message for {}: {err}; left in {old_queue}",
+                msg.id()
+            );
+            return (old_queue.to_string(), false);
+        }
+    } else {
+        for (key, value) in &rebind.data {
+            msg.set_meta(key, serde_json::Value::String(value.clone()));
+        }
+    }
+    let target = match msg.queue_name() {
+        Ok(name) => name,
+        Err(err) => {
+            tracing::error!("admin rebind of {}: {err}; left in {old_queue}", msg.id());
+            return (old_queue.to_string(), false);
+        }
+    };
+    // The spool gets the new metadata (and a body the event changed), so
+    // a restart finds the message in its new queue.
+    if in_spool && (msg.is_meta_dirty() || msg.is_data_dirty()) {
+        disposition::persist(mgr, msg).await;
+    }
+    let moved = target != old_queue;
+    if moved && !rebind.suppress_logging {
+        let response = internal(
+            250,
+            "2.0.0",
+            &format!("Rebound from {old_queue} to {target}: {}", rebind.reason),
+        );
+        disposition::log(
+            mgr,
+            RecordType::AdminRebind,
+            msg,
+            &target,
+            "",
+            response,
+            None,
+        )
+        .await;
+    }
+    (target, moved)
 }
 
 #[cfg(test)]

@@ -43,6 +43,12 @@ pub struct Waiting {
     pub attempts: u16,
 }
 
+/// What [`ScheduledQueue::take_all`] took out of a queue.
+pub(crate) struct Taken {
+    pub messages: Vec<(Option<SystemTime>, Message)>,
+    pub waiting: Vec<(SystemTime, Waiting)>,
+}
+
 /// The queue's configuration as last loaded.
 pub struct LoadedConfig {
     pub config: Arc<QueueConfig>,
@@ -170,18 +176,20 @@ impl ScheduledQueue {
         self.len() == 0
     }
 
-    /// Take everything the queue holds (for an admin bounce): the messages
-    /// in memory, and the entries that wait on disk.
-    pub(crate) fn take_all(&self) -> (Vec<Message>, Vec<Waiting>) {
+    /// Take everything the queue holds (admin bounce and rebind): the
+    /// messages in memory, and the entries that wait on disk, each with
+    /// the time it was due (`None`: due now).
+    pub(crate) fn take_all(&self) -> Taken {
         let mut state = self.state.lock();
-        let mut messages = std::mem::take(&mut state.due_now);
+        let mut messages: Vec<(Option<SystemTime>, Message)> =
+            state.due_now.drain(..).map(|m| (None, m)).collect();
         messages.extend(
             std::mem::take(&mut state.unspooled_later)
                 .into_iter()
-                .map(|(_, m)| m),
+                .map(|(due, m)| (Some(due), m)),
         );
-        let waiting = state.wheel.drain_all();
-        (messages, waiting)
+        let waiting = state.wheel.drain_all_with_due();
+        Taken { messages, waiting }
     }
 
     /// Bytes the timer wheel has allocated (for the memory benchmark).
