@@ -35,14 +35,17 @@ end)
     policy
 }
 
-fn send(server: &tern_testkit::TernServer, to: &str) {
+/// Send one message to `to`; returns its spool id.
+fn send(server: &tern_testkit::TernServer, to: &str) -> String {
     let mut smtp = server.smtp().unwrap();
     smtp.read_reply().unwrap();
     smtp.command("EHLO client.test").unwrap();
     let (code, text) = smtp.send_message("s@sender.test", to, &body(to)).unwrap();
     assert_eq!(code, 250, "{to}: {text}");
-    assert!(text.contains("ids="), "{to}: {text}");
     smtp.command("QUIT").unwrap();
+    let ids = ids_from(&text);
+    assert_eq!(ids.len(), 1, "{to}: {text}");
+    ids[0].clone()
 }
 
 fn post(http: std::net::SocketAddr, path: &str, json: &str) -> (u16, Value) {
@@ -360,4 +363,40 @@ end)
         .expect("t2 delivered");
     assert_eq!(last["queue"], "t8@example.com");
     assert_eq!(count(&records, "AdminRebind"), 3);
+}
+
+#[test]
+fn inspect_message_reads_a_held_message_back_from_the_spool() {
+    let server = start_tern(head());
+    let http = server.listener("http");
+    let id = send(&server, "t4-hold@example.com");
+
+    let info = get(http, &format!("/api/admin/inspect-message/v1?id={id}"));
+    assert_eq!(info["id"], id.as_str());
+    let message = &info["message"];
+    assert_eq!(message["sender"], "s@sender.test");
+    assert_eq!(message["recipient"], "t4-hold@example.com");
+    assert_eq!(message["meta"]["tenant"], "t4");
+    assert!(
+        message.get("data").is_none(),
+        "no body unless asked: {info}"
+    );
+
+    let info = get(
+        http,
+        &format!("/api/admin/inspect-message/v1?id={id}&want_body=true"),
+    );
+    let data = info["message"]["data"].as_str().unwrap();
+    assert!(data.contains("Subject: t4-hold@example.com"), "{data}");
+
+    let missing = "0123456789abcdef0123456789abcdef";
+    let (code, body) = curl(&[&format!(
+        "http://{http}/api/admin/inspect-message/v1?id={missing}"
+    )]);
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = curl(&[&format!(
+        "http://{http}/api/admin/inspect-message/v1?id=nope"
+    )]);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("nope"), "{body}");
 }

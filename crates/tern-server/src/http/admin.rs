@@ -1,7 +1,9 @@
 //! The admin endpoints that act on the queues (§16): `/api/admin/bounce/v1`
 //! and `/api/admin/suspend/v1`, each with `POST` (make a rule), `GET`
 //! (list the active rules) and `DELETE` (cancel one by id), and
-//! `POST /api/admin/rebind/v1` (a one-off move).
+//! `POST /api/admin/rebind/v1` (a one-off move); and
+//! `GET /api/admin/inspect-message/v1`, which reads a message back from
+//! the spool.
 //!
 //! This module only translates HTTP and JSON; the rules and what they do
 //! to messages live in [`crate::queue::admin`]. Only trusted hosts reach
@@ -409,6 +411,70 @@ pub async fn rebind(
             // the counts when it ends.
             tokio::spawn(crate::queue::admin::rebind(queues, rebind));
             Ok(json_ok(json!({})))
+        }
+        .await,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InspectQuery {
+    id: String,
+    #[serde(default)]
+    want_body: bool,
+}
+
+/// `GET /api/admin/inspect-message/v1?id=<spool id>[&want_body=true]`:
+/// the message as the spool holds it: envelope, metadata, scheduling
+/// constraints, and the body when asked for. Due time and attempt count
+/// live in the queue, not in the spool, and are reported as null.
+pub async fn inspect_message(
+    State(listener): State<Arc<HttpListener>>,
+    query: Result<axum::extract::Query<InspectQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    answer(
+        async {
+            let axum::extract::Query(query) =
+                query.map_err(|err| ApiError::bad(format!("invalid query: {err}")))?;
+            let id: tern_types::SpoolId = query
+                .id
+                .parse()
+                .map_err(|err| ApiError::bad(format!("id {:?}: {err}", query.id)))?;
+            let reception = listener.state.reception().ok_or_else(|| {
+                ApiError::Json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the spools are not open yet".into(),
+                )
+            })?;
+            let not_found = || {
+                ApiError::Json(
+                    StatusCode::NOT_FOUND,
+                    format!("no message {id} in the spool"),
+                )
+            };
+            let meta = reception.meta.load(id).await.map_err(|_| not_found())?;
+            let msg = tern_message::Message::from_meta_spool_only(id, &meta)
+                .map_err(|err| ApiError::Json(StatusCode::INTERNAL_SERVER_ERROR, err))?;
+            let recipients: Vec<String> = msg.recipients().iter().map(|r| r.to_string()).collect();
+            let recipient = match recipients.as_slice() {
+                [one] => json!(one),
+                _ => json!(recipients),
+            };
+            let mut message = Map::new();
+            message.insert("sender".into(), json!(msg.sender().to_string()));
+            message.insert("recipient".into(), recipient);
+            message.insert("meta".into(), Value::Object(msg.meta()));
+            message.insert("scheduling".into(), msg.scheduling().unwrap_or(Value::Null));
+            message.insert("due".into(), Value::Null);
+            message.insert("num_attempts".into(), Value::Null);
+            if query.want_body {
+                let data = reception.data.load(id).await.map_err(|_| not_found())?;
+                message.insert(
+                    "data".into(),
+                    json!(String::from_utf8_lossy(&data).into_owned()),
+                );
+            }
+            Ok(json_ok(json!({ "id": id.to_string(), "message": message })))
         }
         .await,
     )

@@ -262,6 +262,7 @@ pub fn router(listener: Arc<HttpListener>) -> Router {
                 .delete(admin::suspend_cancel),
         )
         .route("/api/admin/rebind/v1", post(admin::rebind))
+        .route("/api/admin/inspect-message/v1", get(admin::inspect_message))
         .route("/api/admin/bump-config-epoch", post(bump_config_epoch))
         .route("/api/machine-info", get(machine_info))
         .route("/metrics", get(metrics_text))

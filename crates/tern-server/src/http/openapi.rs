@@ -240,6 +240,18 @@ pub fn openapi_spec() -> String {
                     }
                 }
             },
+            "/api/admin/inspect-message/v1": {
+                "get": {
+                    "operationId": "inspect_message_v1",
+                    "summary": "A message as the spool holds it: ?id=<spool id>&want_body=bool; answer {id, message: {sender, recipient, meta, scheduling, due: null, num_attempts: null, data?}}.",
+                    "responses": {
+                        "200": { "description": "The message." },
+                        "400": error_response("The id is not a spool id."),
+                        "401": text_response("The peer is not a trusted host."),
+                        "404": error_response("The spool has no such message.")
+                    }
+                }
+            },
             "/api/admin/bump-config-epoch": {
                 "post": {
                     "operationId": "bump_config_epoch",
