@@ -355,9 +355,13 @@ async fn connection_task(
         source: ready.source.clone(),
         hostname: mgr.hostname.clone(),
     };
-    // Where the next connection starts in the plan (reconnect_strategy),
-    // and how many sessions in a row ended in a transport error (bounds
-    // try_next_host_on_transport_error to one pass over the plan).
+    // The plan of the current session and where its next connection
+    // starts in it (reconnect_strategy), and how many sessions in a row
+    // ended in a transport error (bounds try_next_host_on_transport_error
+    // to one pass over the plan). As in KumoMTA the plan is built once per
+    // session: "the same host" and "the next host" refer to it, and a
+    // rebuilt plan would have reshuffled hosts of equal MX preference.
+    let mut session_plan: Option<tern_delivery::ConnectionPlan> = None;
     let mut start = 0usize;
     let mut transport_errors = 0usize;
     // maybe_spawn took the throttle's permission for the first connection.
@@ -379,28 +383,33 @@ async fn connection_task(
             }
             continue;
         }
-        let target = ready.state.lock().target.clone();
-        let resolver = mgr.dns.current();
-        let plan = match &target {
-            Target::Mx(mx) => tern_delivery::plan_for_mx(mx, &resolver, &path, &ready.source).await,
-            Target::MxList(list) => {
-                tern_delivery::plan_for_mx_list(list, &resolver, &path, &ready.source).await
+        let plan = match session_plan.take() {
+            Some(plan) => plan,
+            None => {
+                start = 0;
+                let target = ready.state.lock().target.clone();
+                let resolver = mgr.dns.current();
+                let plan = match &target {
+                    Target::Mx(mx) => {
+                        tern_delivery::plan_for_mx(mx, &resolver, &path, &ready.source).await
+                    }
+                    Target::MxList(list) => {
+                        tern_delivery::plan_for_mx_list(list, &resolver, &path, &ready.source).await
+                    }
+                    // Custom Lua targets were handled above.
+                    Target::Lua { .. } => break,
+                };
+                match plan {
+                    Ok(plan) => plan,
+                    Err(err) => {
+                        let response = to_log_response(&err.response());
+                        let permanent = err.is_permanent();
+                        fail_all(&mgr, &ready, response, permanent).await;
+                        break;
+                    }
+                }
             }
-            // Custom Lua targets were handled above.
-            Target::Lua { .. } => break,
         };
-        let plan = match plan {
-            Ok(plan) => plan,
-            Err(err) => {
-                let response = to_log_response(&err.response());
-                let permanent = err.is_permanent();
-                fail_all(&mgr, &ready, response, permanent).await;
-                break;
-            }
-        };
-        if start >= plan.len() {
-            start = 0;
-        }
         match SmtpConnection::connect(&plan, start, &settings).await {
             Err(err) => {
                 if err.source_unplumbed() {
@@ -440,17 +449,24 @@ async fn connection_task(
                 ready.state.lock().consecutive_failures = 0;
                 let retry_elsewhere =
                     path.try_next_host_on_transport_error && transport_errors + 1 < plan.len();
+                // A finished session (and a failed connection, above)
+                // leaves `session_plan` empty: the next one starts afresh.
                 match run_session(&mgr, &ready, &path, conn, retry_elsewhere).await {
-                    SessionEnd::Finished => {
-                        start = 0;
-                        transport_errors = 0;
-                    }
+                    SessionEnd::Finished => transport_errors = 0,
                     SessionEnd::TransportError => {
                         transport_errors += 1;
                         match path.reconnect_strategy {
                             ReconnectStrategy::TerminateSession => break,
-                            ReconnectStrategy::ReconnectSameHost => start = index,
-                            ReconnectStrategy::ConnectNextHost => start = index + 1,
+                            ReconnectStrategy::ReconnectSameHost => {
+                                start = index;
+                                session_plan = Some(plan);
+                            }
+                            ReconnectStrategy::ConnectNextHost if index + 1 < plan.len() => {
+                                start = index + 1;
+                                session_plan = Some(plan);
+                            }
+                            // No host left: like TerminateSession, a fresh plan.
+                            ReconnectStrategy::ConnectNextHost => {}
                         }
                     }
                 }
@@ -530,17 +546,10 @@ async fn run_session(
     while conn.transactions() < path.max_deliveries_per_connection && conn.is_usable() {
         let msg = match ready.pop() {
             Some(msg) => msg,
-            None => {
-                tokio::select! {
-                    _ = ready.notify.notified() => {}
-                    _ = tokio::time::sleep(path.idle_timeout) => {}
-                    _ = shutdown.changed() => {}
-                }
-                match ready.pop() {
-                    Some(msg) => msg,
-                    None => break,
-                }
-            }
+            None => match wait_while_idle(mgr, ready, path.idle_timeout, &mut shutdown).await {
+                Some(msg) => msg,
+                None => break,
+            },
         };
         let throttles = path
             .max_message_rate
@@ -584,6 +593,33 @@ async fn run_session(
     };
     conn.quit().await;
     end
+}
+
+/// An idle connection waits up to `idle_timeout` for the next message.
+/// A wake-up with nothing to pop (the permit `notify_one` left behind by a
+/// push this session already took, or a message another connection got
+/// first) keeps waiting until the deadline: ending the wait there would
+/// close the connection at once and make `idle_timeout` meaningless.
+async fn wait_while_idle(
+    mgr: &QueueManager,
+    ready: &ReadyQueue,
+    idle_timeout: Duration,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<Message> {
+    let deadline = tokio::time::Instant::now() + idle_timeout;
+    loop {
+        if mgr.shutting_down() {
+            return None;
+        }
+        tokio::select! {
+            _ = ready.notify.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => return ready.pop(),
+            _ = shutdown.changed() => return None,
+        }
+        if let Some(msg) = ready.pop() {
+            return Some(msg);
+        }
+    }
 }
 
 /// What a message-rate throttle said about the next message.
