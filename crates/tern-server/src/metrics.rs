@@ -3,12 +3,14 @@
 //! Lua pool, and the sizes of the scheduled and ready queues.
 //!
 //! Counters kept on hot paths live next to the code that counts (the ESMTP
-//! listener's are in [`crate::esmtp::listener`]); this module only adds
+//! listener's are in [`crate::esmtp::listener`], the delivery totals in
+//! the queue manager, each ready queue's own in the queue, reported here
+//! so that a reaped queue's series go with it); this module only adds
 //! the collectors to the server's [`tern_metrics::Registry`] once the
 //! spools and queues exist. Each collector holds a weak reference, so a
 //! scrape during shutdown reports what is left instead of keeping it alive.
 
-use crate::queue::QueueManager;
+use crate::queue::{CONNECTIONS_HELP, DELIVERED_HELP, FAIL_HELP, QueueManager, TRANSFAIL_HELP};
 use crate::reception::Reception;
 use crate::state::ServerState;
 use std::sync::{Arc, Weak};
@@ -127,11 +129,18 @@ fn queue_sizes(scrape: &mut Scrape, queues: &QueueManager) {
         .iter()
         .map(|(name, queue)| (name.clone(), queue.len()))
         .collect();
-    let ready: Vec<(String, usize, usize)> = queues
+    let ready: Vec<(String, usize, usize, [u64; 4])> = queues
         .ready
         .lock()
         .iter()
-        .map(|(name, queue)| (name.clone(), queue.len(), queue.connections()))
+        .map(|(name, queue)| {
+            (
+                name.clone(),
+                queue.len(),
+                queue.connections(),
+                queue.counts.get(),
+            )
+        })
         .collect();
     for (name, len) in &scheduled {
         scrape.gauge(
@@ -141,9 +150,30 @@ fn queue_sizes(scrape: &mut Scrape, queues: &QueueManager) {
             *len as f64,
         );
     }
-    let mut connections = 0;
-    for (name, len, open) in &ready {
+    let mut open_connections = 0;
+    for (name, len, open, counts) in &ready {
         let service = format!("smtp_client:{name}");
+        let labels = [("service", service.as_str())];
+        let [delivered, transfail, fail, connections] = *counts;
+        scrape.counter(
+            "total_messages_delivered",
+            DELIVERED_HELP,
+            &labels,
+            delivered as f64,
+        );
+        scrape.counter(
+            "total_messages_transfail",
+            TRANSFAIL_HELP,
+            &labels,
+            transfail as f64,
+        );
+        scrape.counter("total_messages_fail", FAIL_HELP, &labels, fail as f64);
+        scrape.counter(
+            "total_connection_count",
+            CONNECTIONS_HELP,
+            &labels,
+            connections as f64,
+        );
         scrape.gauge(
             "ready_count",
             "messages in a ready queue",
@@ -156,12 +186,12 @@ fn queue_sizes(scrape: &mut Scrape, queues: &QueueManager) {
             &[("service", &service)],
             *open as f64,
         );
-        connections += open;
+        open_connections += open;
     }
     scrape.gauge(
         "connection_count",
         "number of connections open now",
         &[("service", "smtp_client")],
-        connections as f64,
+        open_connections as f64,
     );
 }

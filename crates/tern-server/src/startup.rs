@@ -145,6 +145,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
         dns,
         state.shutdown_signal(),
         suspend_when_spool_unhealthy,
+        &state.metrics,
     );
     let _ = reception
         .queues

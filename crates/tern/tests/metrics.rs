@@ -223,3 +223,61 @@ fn listener_counters_and_scrape_time_gauges_are_reported() {
         assert!(!body.contains("total_messages_received"), "{body}");
     }
 }
+
+#[test]
+fn delivery_outcomes_are_counted_in_total_and_per_ready_queue() {
+    let sink = TestSink::start(tern_bench::sink::SinkConfig::default());
+    let mut policy = policy_head("LocalDisk").replace(
+        "  kumo.start_esmtp_listener",
+        "  kumo.start_http_listener { listen = '127.0.0.1:0' }\n  kumo.start_esmtp_listener",
+    );
+    policy.push_str(&routed(sink.port(), "1h"));
+    let server = start_tern(policy);
+    let http = server.listener("http");
+    let logs = server.dir().join("logs");
+    let script = r#"
+import smtplib, sys
+host, port = sys.argv[1].rsplit(':', 1)
+s = smtplib.SMTP(host, int(port), timeout=30)
+for to in ['ok@example.com', 'permfail@example.com', 'tempfail@example.com']:
+    s.sendmail('a@sender.test', [to], 'Subject: x\r\n\r\nhi\r\n')
+s.quit()
+"#;
+    python(script, &[&server.listener("smtp").to_string()]);
+    wait_for_records(&logs, Duration::from_secs(20), |r| {
+        count(r, "Delivery") == 1 && count(r, "Bounce") == 1 && count(r, "TransientFailure") == 1
+    });
+    let (samples, _) = scrape(http, "");
+    let total = |name: &str| sample(&samples, name, &[("service", "smtp_client")]);
+    assert_eq!(total("total_messages_delivered"), Some(1.0), "{samples}");
+    assert_eq!(total("total_messages_fail"), Some(1.0));
+    assert_eq!(total("total_messages_transfail"), Some(1.0));
+    assert!(total("total_connection_count").unwrap() >= 1.0);
+    // The per-queue series: one ready queue, whose counts are the totals.
+    let per_queue: Vec<&Value> = samples["total_messages_delivered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|pair| {
+            pair[0]["service"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("smtp_client:"))
+        })
+        .collect();
+    assert_eq!(per_queue.len(), 1, "{samples}");
+    let service = per_queue[0][0]["service"].as_str().unwrap().to_string();
+    assert_eq!(per_queue[0][1], 1.0);
+    assert_eq!(
+        sample(&samples, "total_messages_fail", &[("service", &service)]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "total_messages_transfail",
+            &[("service", &service)]
+        ),
+        Some(1.0)
+    );
+    assert!(sample(&samples, "ready_count", &[("service", &service)]).is_some());
+}

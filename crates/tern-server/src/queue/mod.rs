@@ -99,6 +99,36 @@ pub struct QueueManager {
     pub(crate) suspend_when_spool_unhealthy: bool,
     /// Bounce and suspend rules set through the admin API.
     pub admin: admin::AdminRules,
+    /// Delivery outcomes over every ready queue (`service="smtp_client"`);
+    /// each ready queue also counts its own ([`ready::DeliveryCounts`]).
+    pub(crate) delivery_totals: DeliveryTotals,
+}
+
+/// The `service="smtp_client"` series of the delivery counters (§23).
+pub(crate) struct DeliveryTotals {
+    pub delivered: tern_metrics::Counter,
+    pub transfail: tern_metrics::Counter,
+    pub fail: tern_metrics::Counter,
+    pub connections: tern_metrics::Counter,
+}
+
+/// Help texts of the delivery counters, shared by the totals and the
+/// per-ready-queue series the metrics collector reports.
+pub(crate) const DELIVERED_HELP: &str = "number of recipients delivered since the server started";
+pub(crate) const TRANSFAIL_HELP: &str = "number of delivery attempts that failed temporarily";
+pub(crate) const FAIL_HELP: &str = "number of delivery attempts that failed permanently";
+pub(crate) const CONNECTIONS_HELP: &str = "number of connections made since the server started";
+
+impl DeliveryTotals {
+    fn new(registry: &tern_metrics::Registry) -> Self {
+        let labels = [("service", "smtp_client")];
+        Self {
+            delivered: registry.counter("total_messages_delivered", DELIVERED_HELP, &labels),
+            transfail: registry.counter("total_messages_transfail", TRANSFAIL_HELP, &labels),
+            fail: registry.counter("total_messages_fail", FAIL_HELP, &labels),
+            connections: registry.counter("total_connection_count", CONNECTIONS_HELP, &labels),
+        }
+    }
 }
 
 impl QueueManager {
@@ -109,6 +139,7 @@ impl QueueManager {
         dns: DnsHandle,
         shutdown: watch::Receiver<bool>,
         suspend_when_spool_unhealthy: bool,
+        metrics: &tern_metrics::Registry,
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
@@ -128,6 +159,7 @@ impl QueueManager {
             )),
             suspend_when_spool_unhealthy,
             admin: Default::default(),
+            delivery_totals: DeliveryTotals::new(metrics),
         })
     }
 

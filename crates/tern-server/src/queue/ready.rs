@@ -19,6 +19,7 @@ use super::{QueueManager, policy};
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tern_delivery::{ClientSettings, DeliveryResponse, SmtpConnection};
 use tern_dns::MailExchanger;
@@ -66,6 +67,42 @@ pub struct ReadyQueue {
     pub source: Arc<EgressSource>,
     state: Mutex<State>,
     pub(crate) notify: Notify,
+    /// This queue's delivery counters (`service="smtp_client:<name>"`),
+    /// reported while the queue exists.
+    pub(crate) counts: DeliveryCounts,
+}
+
+/// Outcomes counted by one ready queue; read at scrape time.
+#[derive(Default)]
+pub(crate) struct DeliveryCounts {
+    pub delivered: AtomicU64,
+    pub transfail: AtomicU64,
+    pub fail: AtomicU64,
+    pub connections: AtomicU64,
+}
+
+impl DeliveryCounts {
+    pub fn get(&self) -> [u64; 4] {
+        [
+            self.delivered.load(Ordering::Relaxed),
+            self.transfail.load(Ordering::Relaxed),
+            self.fail.load(Ordering::Relaxed),
+            self.connections.load(Ordering::Relaxed),
+        ]
+    }
+}
+
+/// Count one outcome for `ready` and in the totals.
+fn count_outcome(mgr: &QueueManager, ready: &ReadyQueue, kind: RecordType) {
+    let totals = &mgr.delivery_totals;
+    let (mine, total) = match kind {
+        RecordType::Delivery => (&ready.counts.delivered, &totals.delivered),
+        RecordType::TransientFailure => (&ready.counts.transfail, &totals.transfail),
+        RecordType::Bounce => (&ready.counts.fail, &totals.fail),
+        _ => return,
+    };
+    mine.fetch_add(1, Ordering::Relaxed);
+    total.inc();
 }
 
 /// The ready queue `name`, created with its `get_egress_path_config`
@@ -106,6 +143,7 @@ pub async fn get_or_create(
                 respawn_pending: false,
             }),
             notify: Notify::new(),
+            counts: DeliveryCounts::default(),
         })
     });
     Ok(ready.clone())
@@ -441,12 +479,15 @@ async fn connection_task(
                 if let Some(msg) = ready.pop() {
                     let facts = ready.facts();
                     let queue = queue_of(&msg);
+                    count_outcome(&mgr, &ready, RecordType::TransientFailure);
                     disposition::transient(&mgr, msg, &queue, &ready.name, response, Some(&facts))
                         .await;
                 }
             }
             Ok((conn, index)) => {
                 ready.state.lock().consecutive_failures = 0;
+                ready.counts.connections.fetch_add(1, Ordering::Relaxed);
+                mgr.delivery_totals.connections.inc();
                 let retry_elsewhere =
                     path.try_next_host_on_transport_error && transport_errors + 1 < plan.len();
                 // A finished session (and a failed connection, above)
@@ -488,6 +529,12 @@ async fn fail_all(
     let facts = ready.facts();
     while let Some(msg) = ready.pop() {
         let queue = queue_of(&msg);
+        let kind = if permanent {
+            RecordType::Bounce
+        } else {
+            RecordType::TransientFailure
+        };
+        count_outcome(mgr, ready, kind);
         if permanent {
             disposition::bounce(
                 mgr,
@@ -810,6 +857,7 @@ async fn settle(
             Outcome::Permanent => RecordType::Bounce,
             Outcome::Transient => RecordType::TransientFailure,
         };
+        count_outcome(mgr, ready, kind);
         let response = to_log_response(&response);
         if outcome == Outcome::Transient {
             first_transient.get_or_insert_with(|| response.clone());
