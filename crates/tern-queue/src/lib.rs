@@ -28,6 +28,7 @@ pub mod config;
 pub mod lua;
 pub mod ready_name;
 pub mod scheduling;
+pub mod shared_throttle;
 pub mod throttle;
 pub mod throttle_lua;
 pub mod timer;
@@ -44,6 +45,7 @@ pub use lua::{
 };
 pub use ready_name::ready_queue_name;
 pub use scheduling::Scheduling;
+pub use shared_throttle::{RedisParams, RedisThrottles, Throttles};
 pub use throttle::{ConnectionLimiter, Lease, ThrottleOutcome, ThrottleRegistry};
 pub use throttle_lua::ThrottleLuaRegistrar;
 pub use timer::TimerWheel;

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tern_policy::{EngineOptions, PolicyEngine};
-use tern_queue::{ThrottleLuaRegistrar, ThrottleRegistry};
+use tern_queue::{ThrottleLuaRegistrar, Throttles};
 
-fn engine(dir: &tempfile::TempDir, policy: &str, registry: &Arc<ThrottleRegistry>) -> PolicyEngine {
+fn engine(dir: &tempfile::TempDir, policy: &str, registry: &Arc<Throttles>) -> PolicyEngine {
     let path: PathBuf = dir.path().join("init.lua");
     std::fs::write(&path, format!("local kumo = require 'kumo'\n{policy}")).unwrap();
     let mut options = EngineOptions::new(path);
@@ -33,7 +33,7 @@ async fn call(engine: &PolicyEngine, event: &str) -> String {
 #[tokio::test]
 async fn throttle_reports_and_counts_per_name() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = Arc::new(ThrottleRegistry::new());
+    let registry = Arc::new(Throttles::new());
     let engine = engine(
         &dir,
         r#"
@@ -76,13 +76,13 @@ end)
         explained.contains("lua-user-throttle-x") && explained.contains("60/minute"),
         "{explained}"
     );
-    assert_eq!(registry.len(), 2, "explain() does not count");
+    assert_eq!(registry.local().len(), 2, "explain() does not count");
 }
 
 #[tokio::test]
 async fn sleep_if_throttled_waits_for_the_next_slot() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = Arc::new(ThrottleRegistry::new());
+    let registry = Arc::new(Throttles::new());
     let engine = engine(
         &dir,
         r#"

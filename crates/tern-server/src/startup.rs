@@ -32,7 +32,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
     // §1.2 step 1: memory limits first, so the policy can override them.
     let memory = Arc::new(crate::memory::MemoryGovernor::discover());
     let spools_for_save = Arc::new(std::sync::OnceLock::new());
-    let (registrars, dns) = registrars(&recorder, &memory, &spools_for_save)?;
+    let throttles = shared_throttles();
+    let (registrars, dns) = registrars(&recorder, &memory, &spools_for_save, &throttles)?;
     for registrar in registrars {
         engine_options.registrars.push(registrar);
     }
@@ -142,10 +143,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<i32> {
         engine.clone(),
         reception.clone(),
         state.hostname.clone(),
-        dns,
         state.shutdown_signal(),
-        suspend_when_spool_unhealthy,
-        &state.metrics,
+        crate::queue::QueueServices {
+            dns,
+            throttles: throttles.clone(),
+            metrics: state.metrics.clone(),
+            suspend_when_spool_unhealthy,
+        },
     );
     let _ = reception
         .queues
@@ -244,6 +248,7 @@ fn registrars(
     recorder: &InitRecorder,
     memory: &Arc<crate::memory::MemoryGovernor>,
     spools_for_save: &Arc<std::sync::OnceLock<Arc<crate::reception::Reception>>>,
+    throttles: &Arc<tern_queue::Throttles>,
 ) -> anyhow::Result<(Vec<Arc<dyn LuaRegistrar>>, tern_dns::DnsHandle)> {
     let dns = match tern_dns::DnsHandle::system() {
         Ok(handle) => handle,
@@ -265,7 +270,7 @@ fn registrars(
         Arc::new(crate::memory::MemoryRegistrar(memory.clone())),
         Arc::new(tern_dns::DnsRegistrar::new(dns.clone())),
         Arc::new(tern_queue::lua::QueueLuaRegistrar),
-        Arc::new(tern_queue::ThrottleLuaRegistrar::new(user_throttles())),
+        Arc::new(tern_queue::ThrottleLuaRegistrar::new(throttles.clone())),
         Arc::new(tern_message::mimepart_lua::register),
         Arc::new(tern_luahttp::HttpRegistrar::default()),
         Arc::new(crate::reception::SaveRegistrar(spools_for_save.clone())),
@@ -277,23 +282,23 @@ fn registrars(
     Ok((registrars, dns))
 }
 
-/// The registry behind `kumo.make_throttle`, shared by every Lua state,
-/// with a task that drops throttles that have fully recovered (policies
-/// often name one per tenant or sender, so the keys would otherwise only
-/// grow).
-fn user_throttles() -> Arc<tern_queue::ThrottleRegistry> {
-    let registry = Arc::new(tern_queue::ThrottleRegistry::new());
-    let weak = Arc::downgrade(&registry);
+/// The throttles of the queue layer and of `kumo.make_throttle`, shared
+/// by every Lua state, with a task that drops node-local throttles that
+/// have fully recovered (policies often name one per tenant or sender, so
+/// the keys would otherwise only grow).
+fn shared_throttles() -> Arc<tern_queue::Throttles> {
+    let throttles = Arc::new(tern_queue::Throttles::new());
+    let weak = Arc::downgrade(&throttles);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(60)).await;
             match weak.upgrade() {
-                Some(registry) => registry.purge_idle(std::time::Instant::now()),
+                Some(throttles) => throttles.local().purge_idle(std::time::Instant::now()),
                 None => return,
             }
         }
     });
-    registry
+    throttles
 }
 
 async fn run_event(

@@ -56,7 +56,7 @@ use std::sync::{Arc, OnceLock};
 use tern_dns::DnsHandle;
 use tern_message::Message;
 use tern_policy::PolicyEngine;
-use tern_queue::{ConnectionLimiter, ThrottleRegistry};
+use tern_queue::{ConnectionLimiter, Throttles};
 use tokio::sync::watch;
 
 pub use ready::ReadyQueue;
@@ -85,7 +85,9 @@ pub struct QueueManager {
     pub(crate) scheduled: Mutex<HashMap<String, Arc<ScheduledQueue>>>,
     pub(crate) ready: Mutex<HashMap<String, Arc<ReadyQueue>>>,
     pub(crate) policy: policy::PolicyCache,
-    pub(crate) throttles: ThrottleRegistry,
+    /// Shared with the policy's `kumo.make_throttle`: Redis-backed once
+    /// `kumo.configure_redis_throttles` has run.
+    pub(crate) throttles: Arc<Throttles>,
     pub(crate) connections: ConnectionLimiter,
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Set once at startup when the HTTP layer is present.
@@ -102,6 +104,17 @@ pub struct QueueManager {
     /// Delivery outcomes over every ready queue (`service="smtp_client"`);
     /// each ready queue also counts its own ([`ready::DeliveryCounts`]).
     pub(crate) delivery_totals: DeliveryTotals,
+}
+
+/// What the queue layer shares with the rest of the server.
+pub struct QueueServices {
+    pub dns: DnsHandle,
+    /// Shared with the policy's `kumo.make_throttle`.
+    pub throttles: Arc<Throttles>,
+    /// Where the delivery counters are registered.
+    pub metrics: tern_metrics::Registry,
+    /// `kumo.suspend_delivery_when_spool_unhealthy` (default true).
+    pub suspend_when_spool_unhealthy: bool,
 }
 
 /// The `service="smtp_client"` series of the delivery counters (§23).
@@ -136,11 +149,15 @@ impl QueueManager {
         engine: PolicyEngine,
         reception: Arc<Reception>,
         hostname: String,
-        dns: DnsHandle,
         shutdown: watch::Receiver<bool>,
-        suspend_when_spool_unhealthy: bool,
-        metrics: &tern_metrics::Registry,
+        services: QueueServices,
     ) -> Arc<Self> {
+        let QueueServices {
+            dns,
+            throttles,
+            metrics,
+            suspend_when_spool_unhealthy,
+        } = services;
         Arc::new(Self {
             engine,
             reception,
@@ -149,7 +166,7 @@ impl QueueManager {
             scheduled: Mutex::new(HashMap::new()),
             ready: Mutex::new(HashMap::new()),
             policy: policy::PolicyCache::default(),
-            throttles: ThrottleRegistry::new(),
+            throttles,
             connections: ConnectionLimiter::new(),
             shutdown,
             generator: OnceLock::new(),
@@ -159,7 +176,7 @@ impl QueueManager {
             )),
             suspend_when_spool_unhealthy,
             admin: Default::default(),
-            delivery_totals: DeliveryTotals::new(metrics),
+            delivery_totals: DeliveryTotals::new(&metrics),
         })
     }
 
@@ -263,6 +280,7 @@ impl QueueManager {
             tern_queue::config::SuspendTrigger::Threshold(spec) => {
                 let key = format!("kumomta.suspend_when_unplumbed.{}", source.name);
                 self.throttles
+                    .local()
                     .check(&key, spec, std::time::Instant::now())
                     .is_err()
             }

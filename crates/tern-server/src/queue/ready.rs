@@ -175,13 +175,13 @@ impl ReadyQueue {
                 "kumomta.source_selection_rate.{}.{}",
                 self.name, self.source.name
             );
-            if mgr.throttles.check(&key, spec, now).is_err() {
+            if mgr.throttles.local().check(&key, spec, now).is_err() {
                 return false;
             }
         }
         path.additional_source_selection_rates
             .iter()
-            .all(|(name, spec)| mgr.throttles.check(name, spec, now).is_ok())
+            .all(|(name, spec)| mgr.throttles.local().check(name, spec, now).is_ok())
     }
 
     pub fn push(self: &Arc<Self>, mgr: &Arc<QueueManager>, msg: Message, target: Target) {
@@ -292,7 +292,10 @@ impl ReadyQueue {
     ) -> Option<Duration> {
         let spec = path.max_connection_rate.as_ref()?;
         let key = format!("kumomta.max_connection_rate.{}", self.name);
-        mgr.throttles.check(&key, spec, Instant::now()).err()
+        mgr.throttles
+            .local()
+            .check(&key, spec, Instant::now())
+            .err()
     }
 
     fn respawn_later(self: &Arc<Self>, mgr: &Arc<QueueManager>, wait: Duration) {
@@ -688,7 +691,7 @@ async fn wait_for_throttle(
     longest: Duration,
 ) -> ThrottleWait {
     let mut shutdown = mgr.shutdown.clone();
-    while let Err(wait) = mgr.throttles.check(key, spec, Instant::now()) {
+    while let Some(wait) = mgr.throttles.check(key, spec).await.retry_after {
         if mgr.shutting_down() {
             return ThrottleWait::Shutdown;
         }

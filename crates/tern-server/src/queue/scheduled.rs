@@ -558,7 +558,7 @@ async fn promote(
     // counting an attempt (§7.2).
     if let Some(spec) = &config.max_message_rate {
         let key = format!("kumomta.scheduled_queue.max_message_rate.{}", queue.name);
-        if let Err(wait) = mgr.throttles.check(&key, spec, Instant::now()) {
+        if let Some(wait) = mgr.throttles.check(&key, spec).await.retry_after {
             let how = Requeue::throttled("MessageRateThrottle", wait);
             disposition::requeue(mgr, msg, how, &queue.name).await;
             return;
