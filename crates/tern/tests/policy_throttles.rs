@@ -71,6 +71,51 @@ end)
     assert_eq!(sink.stats().messages, 3);
 }
 
+/// A throttle faster than the queue's one-second timer: ten messages at
+/// five a second (burst one) go out over about two seconds, neither all at
+/// once (the throttle ignored) nor one a second (rounded up to the tick).
+#[test]
+fn a_sub_second_throttle_paces_promotion_at_its_own_rate() {
+    let sink = TestSink::start(SinkConfig::default());
+    let mut policy = policy_head("LocalDisk");
+    policy.push_str(&routed(sink.port(), "1m"));
+    policy.push_str(
+        r#"
+kumo.on('throttle_insert_ready_queue', function(msg)
+  kumo.make_throttle('fast', '5/s,max_burst=1'):delay_message_if_throttled(msg)
+end)
+"#,
+    );
+    let server = start_tern(policy);
+    let logs = server.dir().join("logs");
+    let mut smtp = server.smtp().unwrap();
+    smtp.read_reply().unwrap();
+    smtp.command("EHLO client.test").unwrap();
+    for i in 0..10 {
+        let (code, text) = smtp
+            .send_message("s@sender.test", &format!("r{i}@example.com"), &body("fast"))
+            .unwrap();
+        assert_eq!(code, 250, "{text}");
+    }
+    let records = wait_for_records(&logs, Duration::from_secs(30), |r| {
+        count(r, "Delivery") >= 10
+    });
+    let mut times: Vec<f64> = of_type(&records, "Delivery")
+        .iter()
+        .map(|r| event_seconds(r))
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let span = times[9] - times[0];
+    assert!(span >= 1.5, "paced: {span:.2}s {times:?}");
+    assert!(
+        span < 6.0,
+        "at the throttle's rate, not one a second: {span:.2}s"
+    );
+    for record in of_type(&records, "Delivery") {
+        assert_eq!(record["num_attempts"], 0);
+    }
+}
+
 #[test]
 fn a_reception_throttle_refuses_a_sender_over_budget() {
     let mut policy = policy_head("LocalDisk");

@@ -483,27 +483,52 @@ async fn hold(
 }
 
 /// Run `throttle_insert_ready_queue` when the policy has a handler;
-/// `Some(wait)` when the handlers left the message due at least a tick
-/// from now. A handler error is logged and the message goes on, as a
-/// broken throttle should not stop delivery.
+/// `Some(wait)` when the handlers moved the message's due time later (as
+/// `throttle:delay_message_if_throttled(msg)` does).
+///
+/// The scheduled queue's timers tick once a second, so a shorter delay
+/// (a `10/s` throttle asks for 100 ms) is waited out here, pacing this
+/// queue's promotion, and the event runs again: sending the message back
+/// would make it due again at once (and spin), or a whole tick later (and
+/// cap every fast throttle at one message a second).
+///
+/// A handler error is logged and the message goes on, keeping any delay
+/// an earlier handler of the chain set: a broken throttle should not stop
+/// delivery.
 async fn insert_throttle(mgr: &QueueManager, msg: &Message) -> Option<Duration> {
     const EVENT: &str = "throttle_insert_ready_queue";
     if !mgr.engine.has_handler(EVENT).await.unwrap_or(false) {
         return None;
     }
-    let m = msg.clone();
-    if let Err(err) = mgr
-        .engine
-        .dispatch(EVENT, move |lua| m.into_lua_multi(lua), |_, _| Ok(()))
-        .await
-    {
-        tracing::error!("{EVENT} for {}: {err}", msg.id());
-        return None;
+    let before = msg.due();
+    loop {
+        let m = msg.clone();
+        if let Err(err) = mgr
+            .engine
+            .dispatch(EVENT, move |lua| m.into_lua_multi(lua), |_, _| Ok(()))
+            .await
+        {
+            tracing::error!("{EVENT} for {}: {err}", msg.id());
+        }
+        let after = msg.due();
+        if after == before {
+            return None;
+        }
+        let wait = after?.duration_since(SystemTime::now()).unwrap_or_default();
+        if wait.is_zero() {
+            // Due now after all (a handler that sets "now"): no delay,
+            // and no loop.
+            return None;
+        }
+        if wait >= TICK {
+            return Some(wait);
+        }
+        msg.set_due(before);
+        if mgr.shutting_down() {
+            return None;
+        }
+        tokio::time::sleep(wait).await;
     }
-    let now = SystemTime::now();
-    msg.due()
-        .and_then(|due| due.duration_since(now).ok())
-        .filter(|wait| *wait >= TICK)
 }
 
 /// Promotion (§7.1): from the scheduled queue to a ready queue (or, for
