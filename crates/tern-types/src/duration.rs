@@ -21,7 +21,9 @@ fn seconds_to_duration(secs: f64) -> Result<Duration, String> {
             "invalid duration {secs}: must be a non-negative number of seconds"
         ));
     }
-    Ok(Duration::from_secs_f64(secs))
+    // `from_secs_f64` panics past about 584 billion years; a policy or
+    // request that asks for that gets an error instead.
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("invalid duration {secs}: too long"))
 }
 
 /// A `Duration` that deserializes from either a number of seconds or a
@@ -114,6 +116,12 @@ mod tests {
         assert_eq!(spec.0, Duration::from_secs(90));
         let spec: DurationSpec = serde_json::from_str("0.25").unwrap();
         assert_eq!(spec.0, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn absurdly_long_durations_are_errors_not_panics() {
+        assert!(parse_duration("1e20").unwrap_err().contains("too long"));
+        assert!(serde_json::from_str::<DurationSpec>("1e300").is_err());
     }
 
     #[test]

@@ -22,7 +22,10 @@ pub struct ThrottleSpec {
 impl ThrottleSpec {
     /// Time between two permitted events at the steady rate.
     pub fn emission_interval(&self) -> Duration {
-        self.period / self.limit.max(1) as u32
+        // Divided in nanoseconds: `Duration / u32` would truncate a limit
+        // of 2^32 or more to zero and divide by it.
+        let nanos = self.period.as_nanos() / u128::from(self.limit.max(1));
+        Duration::from_nanos(nanos.min(u64::MAX as u128) as u64)
     }
 }
 
@@ -155,6 +158,14 @@ impl Serialize for ThrottleSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_limits_do_not_divide_by_zero() {
+        let spec: ThrottleSpec = "4294967296/s".parse().unwrap();
+        assert_eq!(spec.emission_interval(), Duration::ZERO);
+        let spec: ThrottleSpec = "3/s".parse().unwrap();
+        assert_eq!(spec.emission_interval(), Duration::from_nanos(333_333_333));
+    }
 
     #[test]
     fn parses_the_documented_forms() {

@@ -164,33 +164,31 @@ fn queues(listener: &HttpListener) -> Result<Arc<QueueManager>, ApiError> {
     })
 }
 
-/// When a rule made now with these fields ends: `expires` (RFC 3339) or
-/// now + `duration` (default 5 minutes); not both.
+/// When a rule made now with these fields ends: `expires` (RFC 3339)
+/// when given (it wins over `duration`, as KumoMTA's own example sends
+/// both), else now + `duration` (default 5 minutes).
 fn expiry(duration: Option<&str>, expires: Option<&str>) -> Result<SystemTime, ApiError> {
     let bad = ApiError::bad;
-    match (duration, expires) {
-        (Some(_), Some(_)) => Err(bad("give either duration or expires, not both".into())),
-        (None, Some(at)) => {
-            let at = chrono::DateTime::parse_from_rfc3339(at)
-                .map_err(|err| bad(format!("expires {at:?} is not an RFC 3339 time: {err}")))?;
-            let at = SystemTime::from(at);
-            if at <= SystemTime::now() {
-                return Err(bad("expires is in the past".into()));
-            }
-            Ok(at)
+    if let Some(at) = expires {
+        let at = chrono::DateTime::parse_from_rfc3339(at)
+            .map_err(|err| bad(format!("expires {at:?} is not an RFC 3339 time: {err}")))?;
+        let at = SystemTime::from(at);
+        if at <= SystemTime::now() {
+            return Err(bad("expires is in the past".into()));
         }
-        (duration, None) => {
-            let length = match duration {
-                Some(text) => tern_types::duration::parse_duration(text)
-                    .map_err(|err| bad(format!("duration {text:?}: {err}")))?,
-                None => DEFAULT_DURATION,
-            };
-            if length.is_zero() {
-                return Err(bad("duration must be longer than zero".into()));
-            }
-            Ok(SystemTime::now() + length)
-        }
+        return Ok(at);
     }
+    let length = match duration {
+        Some(text) => tern_types::duration::parse_duration(text)
+            .map_err(|err| bad(format!("duration {text:?}: {err}")))?,
+        None => DEFAULT_DURATION,
+    };
+    if length.is_zero() {
+        return Err(bad("duration must be longer than zero".into()));
+    }
+    SystemTime::now()
+        .checked_add(length)
+        .ok_or_else(|| bad(format!("duration {length:?} is too long")))
 }
 
 /// The time left as a humantime string ("4m 59s"), whole seconds.
