@@ -400,3 +400,41 @@ fn inspect_message_reads_a_held_message_back_from_the_spool() {
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("nope"), "{body}");
 }
+
+/// A bounce made while messages wait in a ready queue (one connection,
+/// held up by a slow peer) catches them before they are sent.
+#[test]
+fn a_bounce_reaches_messages_already_in_a_ready_queue() {
+    let sink = TestSink::start(SinkConfig {
+        data_delay: Duration::from_secs(2),
+        ..SinkConfig::default()
+    });
+    let mut policy = head();
+    policy.push_str(&routed_with(sink.port(), "", "connection_limit = 1,"));
+    let server = start_tern(policy);
+    let http = server.listener("http");
+    let logs = server.dir().join("logs");
+    for to in ["t5-a@example.com", "t5-b@example.com", "t5-c@example.com"] {
+        send(&server, to);
+    }
+    // The first is being sent (its final dot is answered after 2 s); the
+    // other two wait in the ready queue for the one connection.
+    std::thread::sleep(Duration::from_millis(700));
+    let (code, body) = post(
+        http,
+        "/api/admin/bounce/v1",
+        r#"{"tenant": "t5", "reason": "late"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let records = wait_for_records(&logs, Duration::from_secs(20), |r| {
+        count(r, "AdminBounce") + count(r, "Delivery") >= 3
+    });
+    assert_eq!(
+        count(&records, "Delivery"),
+        1,
+        "the one already on the wire"
+    );
+    assert_eq!(count(&records, "AdminBounce"), 2);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sink.stats().messages, 1);
+}

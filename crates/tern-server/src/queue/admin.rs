@@ -40,10 +40,15 @@ pub struct Criteria {
 
 impl Criteria {
     pub fn matches(&self, queue: &str) -> bool {
+        self.matches_parsed(queue, &QueueName::parse(queue))
+    }
+
+    /// [`Self::matches`] with the name already parsed (one parse for all
+    /// the rules a message is checked against).
+    pub fn matches_parsed(&self, queue: &str, name: &QueueName) -> bool {
         if let Some(names) = &self.queue_names {
             return names.iter().any(|n| n == queue);
         }
-        let name = QueueName::parse(queue);
         // Domains compare without regard to case, as DNS names do; tenant
         // and campaign are the policy's own labels and compare exactly.
         let same_domain = |want: &Option<String>, have: Option<&str>| match want {
@@ -131,7 +136,9 @@ impl SuspendRule {
     }
 }
 
-/// The active rules. Expired rules are dropped when next looked at.
+/// The active rules. Expired rules are dropped whenever the rules are
+/// looked at, and [`AdminRules::any`] goes back to false once none is
+/// left, so the queues' fast path costs one atomic load again.
 #[derive(Default)]
 pub struct AdminRules {
     bounces: Mutex<Vec<Arc<BounceRule>>>,
@@ -142,47 +149,51 @@ pub struct AdminRules {
 
 impl AdminRules {
     pub fn add_bounce(&self, rule: Arc<BounceRule>) {
-        self.bounces.lock().push(rule);
+        let mut rules = self.bounces.lock();
+        prune(&mut rules, |r| r.expires);
+        rules.push(rule);
         self.any.store(true, Ordering::Release);
     }
 
     pub fn add_suspension(&self, rule: Arc<SuspendRule>) {
-        self.suspensions.lock().push(rule);
+        let mut rules = self.suspensions.lock();
+        prune(&mut rules, |r| r.expires);
+        rules.push(rule);
         self.any.store(true, Ordering::Release);
     }
 
     /// The active bounce rules, oldest first.
     pub fn bounces(&self) -> Vec<Arc<BounceRule>> {
-        let now = SystemTime::now();
         let mut rules = self.bounces.lock();
-        rules.retain(|r| r.expires > now);
+        prune(&mut rules, |r| r.expires);
         rules.clone()
     }
 
     /// The active suspensions, oldest first.
     pub fn suspensions(&self) -> Vec<Arc<SuspendRule>> {
-        let now = SystemTime::now();
         let mut rules = self.suspensions.lock();
-        rules.retain(|r| r.expires > now);
+        prune(&mut rules, |r| r.expires);
         rules.clone()
     }
 
     /// Remove bounce rule `id`; false when there is no such active rule.
     pub fn cancel_bounce(&self, id: Uuid) -> bool {
-        let now = SystemTime::now();
-        let mut rules = self.bounces.lock();
-        let active = rules.iter().any(|r| r.id == id && r.expires > now);
-        rules.retain(|r| r.id != id && r.expires > now);
-        active
+        let found = cancel(&mut self.bounces.lock(), id, |r| (r.id, r.expires));
+        self.refresh_any();
+        found
     }
 
     /// Remove suspension `id`; false when there is no such active rule.
     pub fn cancel_suspension(&self, id: Uuid) -> bool {
-        let now = SystemTime::now();
-        let mut rules = self.suspensions.lock();
-        let active = rules.iter().any(|r| r.id == id && r.expires > now);
-        rules.retain(|r| r.id != id && r.expires > now);
-        active
+        let found = cancel(&mut self.suspensions.lock(), id, |r| (r.id, r.expires));
+        self.refresh_any();
+        found
+    }
+
+    /// Whether any rule may apply: one atomic load, for callers that
+    /// would otherwise compute a queue name just to ask.
+    pub fn is_active(&self) -> bool {
+        self.any.load(Ordering::Acquire)
     }
 
     /// The first active bounce rule matching `queue`.
@@ -190,12 +201,18 @@ impl AdminRules {
         if !self.any.load(Ordering::Acquire) {
             return None;
         }
-        let now = SystemTime::now();
-        self.bounces
-            .lock()
-            .iter()
-            .find(|r| r.expires > now && r.criteria.matches(queue))
-            .cloned()
+        let (found, empty) = {
+            let mut rules = self.bounces.lock();
+            prune(&mut rules, |r| r.expires);
+            (
+                first_match(&rules, queue, |r| &r.criteria),
+                rules.is_empty(),
+            )
+        };
+        if empty {
+            self.refresh_any();
+        }
+        found
     }
 
     /// The first active suspension matching `queue`.
@@ -203,13 +220,63 @@ impl AdminRules {
         if !self.any.load(Ordering::Acquire) {
             return None;
         }
-        let now = SystemTime::now();
-        self.suspensions
-            .lock()
-            .iter()
-            .find(|r| r.expires > now && r.criteria.matches(queue))
-            .cloned()
+        let (found, empty) = {
+            let mut rules = self.suspensions.lock();
+            prune(&mut rules, |r| r.expires);
+            (
+                first_match(&rules, queue, |r| &r.criteria),
+                rules.is_empty(),
+            )
+        };
+        if empty {
+            self.refresh_any();
+        }
+        found
     }
+
+    /// Recompute the fast-path flag after rules were dropped. Both lists
+    /// are locked while it is cleared, so a rule being added (which sets
+    /// the flag under its list's lock) cannot be hidden.
+    fn refresh_any(&self) {
+        let bounces = self.bounces.lock();
+        let suspensions = self.suspensions.lock();
+        if bounces.is_empty() && suspensions.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
+    }
+}
+
+fn prune<R>(rules: &mut Vec<Arc<R>>, expires: impl Fn(&R) -> SystemTime) {
+    let now = SystemTime::now();
+    rules.retain(|r| expires(r) > now);
+}
+
+fn cancel<R>(rules: &mut Vec<Arc<R>>, id: Uuid, key: impl Fn(&R) -> (Uuid, SystemTime)) -> bool {
+    let now = SystemTime::now();
+    let active = rules.iter().any(|r| {
+        let (rule_id, expires) = key(r);
+        rule_id == id && expires > now
+    });
+    rules.retain(|r| {
+        let (rule_id, expires) = key(r);
+        rule_id != id && expires > now
+    });
+    active
+}
+
+fn first_match<R>(
+    rules: &[Arc<R>],
+    queue: &str,
+    criteria: impl Fn(&R) -> &Criteria,
+) -> Option<Arc<R>> {
+    if rules.is_empty() {
+        return None;
+    }
+    let name = QueueName::parse(queue);
+    rules
+        .iter()
+        .find(|r| criteria(r).matches_parsed(queue, &name))
+        .cloned()
 }
 
 /// Bounce one message under `rule`: its `AdminBounce` record (unless the
@@ -525,5 +592,20 @@ mod tests {
         assert!(rules.suspension_for("example.org").is_none());
         assert!(rules.cancel_suspension(hold.id));
         assert!(rules.suspension_for("example.com").is_none());
+        assert!(!rules.any.load(Ordering::Acquire));
+
+        // An expired rule is dropped by the next lookup, not kept forever.
+        let soon = SystemTime::now() + Duration::from_millis(50);
+        rules.add_bounce(Arc::new(BounceRule::new(
+            Criteria::default(),
+            "s".into(),
+            soon,
+            false,
+        )));
+        assert!(rules.bounce_for("x.example").is_some());
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(rules.bounce_for("x.example").is_none());
+        assert!(rules.bounces.lock().is_empty());
+        assert!(!rules.any.load(Ordering::Acquire));
     }
 }

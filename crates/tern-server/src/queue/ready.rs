@@ -601,6 +601,28 @@ async fn run_session(
                 None => break,
             },
         };
+        // An admin bounce or suspension made after the message was
+        // promoted still applies before it is sent, as in KumoMTA.
+        if mgr.admin.is_active() {
+            let queue = queue_of(&msg);
+            if let Some(rule) = mgr.admin.bounce_for(&queue) {
+                super::admin::bounce_message(mgr, &rule, msg, &queue).await;
+                continue;
+            }
+            if let Some(rule) = mgr.admin.suspension_for(&queue) {
+                count_outcome(mgr, ready, RecordType::TransientFailure);
+                disposition::transient(
+                    mgr,
+                    msg,
+                    &queue,
+                    &ready.name,
+                    rule.response(),
+                    Some(&facts),
+                )
+                .await;
+                continue;
+            }
+        }
         let throttles = path
             .max_message_rate
             .iter()
