@@ -121,21 +121,20 @@ fn disk_space(scrape: &mut Scrape, name: &str, spool: &Spool) {
 }
 
 fn queue_sizes(scrape: &mut Scrape, queues: &QueueManager) {
-    // Copy the sizes out first: the map locks are the ones reception and
-    // delivery take, and formatting labels under them would hold both up.
-    let scheduled: Vec<(String, usize)> = queues
-        .scheduled
-        .lock()
+    // Only the queue handles are copied under the map locks, which
+    // reception and delivery take for every message; each queue's own
+    // lock is taken afterwards, one at a time.
+    let scheduled: Vec<_> = queues.scheduled.lock().values().cloned().collect();
+    let ready: Vec<_> = queues.ready.lock().values().cloned().collect();
+    let scheduled: Vec<(String, usize)> = scheduled
         .iter()
-        .map(|(name, queue)| (name.clone(), queue.len()))
+        .map(|queue| (queue.name.clone(), queue.len()))
         .collect();
-    let ready: Vec<(String, usize, usize, [u64; 4])> = queues
-        .ready
-        .lock()
+    let ready: Vec<(String, usize, usize, [u64; 4])> = ready
         .iter()
-        .map(|(name, queue)| {
+        .map(|queue| {
             (
-                name.clone(),
+                queue.name.clone(),
                 queue.len(),
                 queue.connections(),
                 queue.counts.get(),

@@ -363,6 +363,40 @@ end)
         .expect("t2 delivered");
     assert_eq!(last["queue"], "t8@example.com");
     assert_eq!(count(&records, "AdminRebind"), 3);
+
+    // No data, always_flush: the queue stays, the message is due now.
+    send(&server, "t6-hold@example.com");
+    let (code, body) = post(
+        http,
+        "/api/admin/rebind/v1",
+        r#"{"tenant": "t6", "reason": "flush", "data": {}, "always_flush": true}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let records = wait_for_records(&logs, Duration::from_secs(20), |r| {
+        count(r, "Delivery") >= 4
+    });
+    assert_eq!(count(&records, "AdminRebind"), 3, "not moved: no record");
+
+    // Rebound into the `null` queue: discarded, as at reception.
+    send(&server, "t7-hold@example.com");
+    assert_eq!(spooled(server.dir(), "t7-hold@example.com"), 1);
+    let (code, body) = post(
+        http,
+        "/api/admin/rebind/v1",
+        r#"{"tenant": "t7", "reason": "drop", "data": {"queue": "null"}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while spooled(server.dir(), "t7-hold@example.com") > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(spooled(server.dir(), "t7-hold@example.com"), 0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        sink.stats().messages,
+        4,
+        "the null-queue message was not sent"
+    );
 }
 
 #[test]

@@ -384,9 +384,9 @@ pub async fn rebind(
             if request.reason.trim().is_empty() {
                 return Err(ApiError::bad("reason must not be empty"));
             }
-            if request.data.is_empty() && !request.trigger_rebind_event {
+            if request.data.is_empty() && !request.trigger_rebind_event && !request.always_flush {
                 return Err(ApiError::bad(
-                    "data must name at least one meta key to change (or set trigger_rebind_event)",
+                    "data must name at least one meta key to change (or set trigger_rebind_event or always_flush)",
                 ));
             }
             let queues = queues(&listener)?;
@@ -444,13 +444,19 @@ pub async fn inspect_message(
                     "the spools are not open yet".into(),
                 )
             })?;
-            let not_found = || {
-                ApiError::Json(
+            // Only an absent entry is a 404; a spool that fails to read is
+            // the server's problem.
+            let load_error = |err: tern_spool::SpoolError| match err {
+                tern_spool::SpoolError::NotFound(_) => ApiError::Json(
                     StatusCode::NOT_FOUND,
                     format!("no message {id} in the spool"),
-                )
+                ),
+                other => ApiError::Json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("reading {id} from the spool: {other}"),
+                ),
             };
-            let meta = reception.meta.load(id).await.map_err(|_| not_found())?;
+            let meta = reception.meta.load(id).await.map_err(load_error)?;
             let msg = tern_message::Message::from_meta_spool_only(id, &meta)
                 .map_err(|err| ApiError::Json(StatusCode::INTERNAL_SERVER_ERROR, err))?;
             let recipients: Vec<String> = msg.recipients().iter().map(|r| r.to_string()).collect();
@@ -466,7 +472,7 @@ pub async fn inspect_message(
             message.insert("due".into(), Value::Null);
             message.insert("num_attempts".into(), Value::Null);
             if query.want_body {
-                let data = reception.data.load(id).await.map_err(|_| not_found())?;
+                let data = reception.data.load(id).await.map_err(load_error)?;
                 message.insert(
                     "data".into(),
                     json!(String::from_utf8_lossy(&data).into_owned()),

@@ -320,26 +320,25 @@ pub async fn sweep(mgr: Arc<QueueManager>, rule: Arc<BounceRule>) {
     }
 }
 
-/// A message that waits on disk: its record needs only the metadata.
+/// A message that waits on disk is read back whole, so its record has
+/// its size and any headers a logger captures.
 async fn bounce_waiting(mgr: &QueueManager, rule: &BounceRule, entry: Waiting, queue: &str) {
-    let reception = &mgr.reception;
-    match reception.meta.load(entry.id).await {
-        Ok(meta) => match Message::from_meta_spool_only(entry.id, &meta) {
-            Ok(msg) => {
-                msg.set_num_attempts(entry.attempts);
-                bounce_message(mgr, rule, msg, queue).await;
-                return;
-            }
-            Err(err) => tracing::warn!("admin bounce: {queue}: {}: {err}", entry.id),
-        },
-        Err(err) => tracing::warn!("admin bounce: {queue}: {}: {err}", entry.id),
+    match load(mgr, entry).await {
+        Some(msg) => bounce_message(mgr, rule, msg, queue).await,
+        None => {
+            // Unreadable: nothing can be logged about it, but the operator
+            // asked for it to go, and a spool entry nobody can read would
+            // only fail again at its next retry.
+            tracing::warn!(
+                "admin bounce: {queue}: {} cannot be read; removed",
+                entry.id
+            );
+            *rule.bounced.lock().entry(queue.to_string()).or_default() += 1;
+            let reception = &mgr.reception;
+            let _ = reception.meta.remove(entry.id).await;
+            let _ = reception.data.remove(entry.id).await;
+        }
     }
-    // Unreadable: nothing can be logged about it, but the operator asked
-    // for it to go, and a spool entry nobody can read would only fail
-    // again at its next retry.
-    *rule.bounced.lock().entry(queue.to_string()).or_default() += 1;
-    let _ = reception.meta.remove(entry.id).await;
-    let _ = reception.data.remove(entry.id).await;
 }
 
 /// A `POST /api/admin/rebind/v1`: a one-off move, not a lasting rule.
@@ -378,8 +377,20 @@ pub async fn rebind(mgr: Arc<QueueManager>, rebind: Arc<Rebind>) -> RebindCounts
     for queue in queues {
         let taken = queue.take_all();
         for (due, msg) in taken.messages {
+            if mgr.shutting_down() {
+                // Back where it was, where the shutdown save finds the
+                // messages the spool does not have.
+                msg.set_due(due);
+                queue.push_now(msg);
+                continue;
+            }
             counts.matched += 1;
             let (target, moved) = rebind_one(&mgr, &rebind, &msg, &queue.name).await;
+            // The `null` queue discards, as at reception.
+            if target == "null" {
+                disposition::remove(&mgr, &msg).await;
+                continue;
+            }
             counts.moved += usize::from(moved);
             if moved || rebind.always_flush || due.is_none() {
                 msg.set_due(None);
@@ -390,10 +401,14 @@ pub async fn rebind(mgr: Arc<QueueManager>, rebind: Arc<Rebind>) -> RebindCounts
         }
         for (due, entry) in taken.waiting {
             counts.matched += 1;
-            let target = match load(&mgr, entry, rebind.trigger_event).await {
+            let target = match load(&mgr, entry).await {
                 Some(msg) => {
                     let (target, moved) = rebind_one(&mgr, &rebind, &msg, &queue.name).await;
                     counts.moved += usize::from(moved);
+                    if target == "null" {
+                        disposition::remove(&mgr, &msg).await;
+                        continue;
+                    }
                     let due = if moved || rebind.always_flush {
                         SystemTime::now()
                     } else {
@@ -417,17 +432,13 @@ pub async fn rebind(mgr: Arc<QueueManager>, rebind: Arc<Rebind>) -> RebindCounts
     counts
 }
 
-/// Read a waiting message back: its metadata, and its body too when the
-/// policy's `rebind_message` will see it (it may read or change the
-/// content, and a changed body is written back).
-async fn load(mgr: &QueueManager, entry: Waiting, with_body: bool) -> Option<Message> {
+/// Read a waiting message back from the spool, body included (the
+/// records name its size, loggers may capture its headers, and a
+/// `rebind_message` handler may read or change the content).
+async fn load(mgr: &QueueManager, entry: Waiting) -> Option<Message> {
     let meta = mgr.reception.meta.load(entry.id).await.ok()?;
-    let msg = if with_body {
-        let data = mgr.reception.data.load(entry.id).await.ok()?;
-        Message::from_spool(entry.id, &meta, data.into()).ok()?
-    } else {
-        Message::from_meta_spool_only(entry.id, &meta).ok()?
-    };
+    let data = mgr.reception.data.load(entry.id).await.ok()?;
+    let msg = Message::from_spool(entry.id, &meta, data.into()).ok()?;
     msg.set_num_attempts(entry.attempts);
     Some(msg)
 }
@@ -480,9 +491,10 @@ async fn rebind_one(
     }
     let moved = target != old_queue;
     if moved && !rebind.suppress_logging {
+        // No enhanced code, as KumoMTA's AdminRebind records have none.
         let response = internal(
             250,
-            "2.0.0",
+            "",
             &format!("Rebound from {old_queue} to {target}: {}", rebind.reason),
         );
         disposition::log(
