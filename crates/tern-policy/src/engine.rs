@@ -105,6 +105,9 @@ pub(crate) struct Shared {
     pub states_created: AtomicU64,
     /// Pooled states alive now, in use or spare (`lua_count`).
     pub states_alive: Arc<std::sync::atomic::AtomicUsize>,
+    /// The events the most recently loaded state has handlers for, so
+    /// [`PolicyEngine::has_handler`] answers without a state checkout.
+    pub latest_events: parking_lot::RwLock<Option<Arc<std::collections::HashSet<String>>>>,
 }
 
 /// Per-state data reachable from any `kumo.*` function through
@@ -141,6 +144,7 @@ impl PolicyEngine {
             validation_failed: AtomicBool::new(false),
             states_created: AtomicU64::new(0),
             states_alive: Default::default(),
+            latest_events: Default::default(),
         }))
     }
 
@@ -225,6 +229,9 @@ impl PolicyEngine {
             ))
         })?;
         self.0.states_created.fetch_add(1, Ordering::Relaxed);
+        if let Some(data) = lua.app_data_ref::<StateData>() {
+            *self.0.latest_events.write() = Some(Arc::new(data.handlers.events()));
+        }
         Ok(lua)
     }
 
@@ -319,9 +326,14 @@ impl PolicyEngine {
         result
     }
 
-    /// Whether the policy registered a handler for `event` (checked in a
-    /// pooled state).
+    /// Whether the policy registered a handler for `event`, as the most
+    /// recently loaded state saw it: hot paths ask this for every message
+    /// (should an optional event run at all?), so it must not check out a
+    /// state. A policy edit applies from the first state that loads it.
     pub async fn has_handler(&self, event: &str) -> Result<bool, PolicyError> {
+        if let Some(events) = self.0.latest_events.read().as_ref() {
+            return Ok(events.contains(event));
+        }
         let state = self.checkout().await?;
         let found = state
             .lua

@@ -80,6 +80,16 @@ impl HandlerTable {
             .get(event)
             .is_some_and(|l| !l.is_empty())
     }
+
+    /// The events that have at least one handler.
+    pub fn events(&self) -> std::collections::HashSet<String> {
+        self.handlers
+            .lock()
+            .iter()
+            .filter(|(_, list)| !list.is_empty())
+            .map(|(event, _)| event.clone())
+            .collect()
+    }
 }
 
 /// The `file:line` of the Lua code that called the current Rust function.

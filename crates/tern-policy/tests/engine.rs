@@ -527,3 +527,40 @@ async fn events_tern_never_fires_are_refused_at_registration() {
         );
     }
 }
+
+/// `has_handler` is asked on hot paths for every message: it answers from
+/// the newest loaded state without checking one out (no use counted, no
+/// state made), and follows a policy edit once a state has loaded it.
+#[tokio::test]
+async fn has_handler_needs_no_state_checkout_and_follows_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_policy(
+        &dir,
+        "local kumo = require 'kumo'\nkumo.on('present', function() return 'x' end)\n",
+    );
+    let engine = engine(path.clone());
+    engine.limits().set_max_use_count(2);
+    assert_eq!(
+        call_string(&engine, "present").await.unwrap(),
+        Some(Some("x".into()))
+    );
+    assert_eq!(engine.states_created(), 1);
+    for _ in 0..100 {
+        assert!(engine.has_handler("present").await.unwrap());
+        assert!(!engine.has_handler("absent").await.unwrap());
+    }
+    assert_eq!(engine.states_created(), 1, "no state was made to answer");
+    assert_eq!(engine.spare_states(), 1, "and the spare was not used up");
+
+    std::fs::write(
+        &path,
+        "local kumo = require 'kumo'\nkumo.on('present', function() return 'x' end)\nkumo.on('absent', function() end)\n",
+    )
+    .unwrap();
+    engine.epoch().bump();
+    call_string(&engine, "present").await.unwrap();
+    assert!(
+        engine.has_handler("absent").await.unwrap(),
+        "the edit is seen"
+    );
+}
