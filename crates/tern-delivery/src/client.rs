@@ -989,6 +989,30 @@ impl SmtpConnection {
         self.usable
     }
 
+    /// Whether the peer still holds the connection open, checked without
+    /// waiting: after an idle spell a peer may have closed it (or said
+    /// `421` and closed), and a message sent into that would fail as if
+    /// delivery had been tried. A close, an error, or anything the peer
+    /// sent unasked marks the connection unusable.
+    pub fn still_open(&mut self) -> bool {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        if !self.usable || !self.read_buf.is_empty() {
+            self.usable = false;
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let read = self.stream.read_buf(&mut self.read_buf);
+        let mut read = std::pin::pin!(read);
+        match read.as_mut().poll(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(_) => {
+                self.usable = false;
+                false
+            }
+        }
+    }
+
     /// Say goodbye (QUIT, waiting `rset_timeout` for the reply) and close;
     /// errors are ignored since the work is done either way.
     pub async fn quit(mut self) {

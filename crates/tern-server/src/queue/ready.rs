@@ -593,10 +593,18 @@ async fn run_session(
     let rate_key = format!("kumomta.max_message_rate.{}", ready.name);
     let mut shutdown = mgr.shutdown.clone();
 
+    // The peer closed the connection while it was idle: the session ends
+    // normally and the message that was about to go takes a new one.
+    let mut closed_while_idle = false;
     while conn.transactions() < path.max_deliveries_per_connection && conn.is_usable() {
         let msg = match ready.pop() {
             Some(msg) => msg,
             None => match wait_while_idle(mgr, ready, path.idle_timeout, &mut shutdown).await {
+                Some(msg) if !conn.still_open() => {
+                    ready.unpop(msg);
+                    closed_while_idle = true;
+                    break;
+                }
                 Some(msg) => msg,
                 None => break,
             },
@@ -658,7 +666,7 @@ async fn run_session(
             break;
         }
     }
-    let end = if conn.is_usable() {
+    let end = if conn.is_usable() || closed_while_idle {
         SessionEnd::Finished
     } else {
         SessionEnd::TransportError
