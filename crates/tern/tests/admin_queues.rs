@@ -472,3 +472,55 @@ fn a_bounce_reaches_messages_already_in_a_ready_queue() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(sink.stats().messages, 1);
 }
+
+/// `suspend-ready-q`: the only source's ready queue is skipped by source
+/// selection, so a message gets a TransientFailure and waits; once the
+/// suspension is cancelled it is delivered at its retry.
+#[test]
+fn a_suspended_ready_queue_sends_nothing_until_cancelled() {
+    let sink = TestSink::start(SinkConfig::default());
+    let mut policy = head();
+    policy.push_str(&routed(sink.port(), "2s"));
+    let server = start_tern(policy);
+    let http = server.listener("http");
+    let logs = server.dir().join("logs");
+    let name = format!(
+        "unspecified->mx_list:[127.0.0.1]:{}@smtp_client",
+        sink.port()
+    );
+
+    let (code, error) = post(http, "/api/admin/suspend-ready-q/v1", r#"{"reason": "x"}"#);
+    assert_eq!(code, 400, "name is required: {error}");
+    let body = format!(r#"{{"name": "{name}", "reason": "ip warmup pause"}}"#);
+    let (code, created) = post(http, "/api/admin/suspend-ready-q/v1", &body);
+    assert_eq!(code, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let list = get(http, "/api/admin/suspend-ready-q/v1");
+    assert_eq!(list[0]["name"], name.as_str(), "{list}");
+    assert_eq!(list[0]["reason"], "ip warmup pause");
+
+    send(&server, "someone@example.com");
+    let records = wait_for_records(&logs, Duration::from_secs(20), |r| {
+        count(r, "TransientFailure") >= 1
+    });
+    let held = of_type(&records, "TransientFailure")[0];
+    assert!(
+        held["response"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("eligible for selection"),
+        "{held}"
+    );
+    assert_eq!(sink.stats().messages, 0);
+
+    let (code, body) = delete(
+        http,
+        "/api/admin/suspend-ready-q/v1",
+        &format!(r#"{{"id": "{id}"}}"#),
+    );
+    assert_eq!(code, 200, "{body}");
+    wait_for_records(&logs, Duration::from_secs(30), |r| {
+        count(r, "Delivery") >= 1
+    });
+    assert_eq!(sink.stats().messages, 1);
+}

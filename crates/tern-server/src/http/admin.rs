@@ -3,7 +3,8 @@
 //! (list the active rules) and `DELETE` (cancel one by id), and
 //! `POST /api/admin/rebind/v1` (a one-off move); and
 //! `GET /api/admin/inspect-message/v1`, which reads a message back from
-//! the spool.
+//! the spool; and `/api/admin/suspend-ready-q/v1` (one ready queue skipped
+//! by source selection).
 //!
 //! This module only translates HTTP and JSON; the rules and what they do
 //! to messages live in [`crate::queue::admin`]. Only trusted hosts reach
@@ -17,7 +18,7 @@ use super::HttpListener;
 use super::body::read_body;
 use super::inject::json_error;
 use crate::queue::QueueManager;
-use crate::queue::admin::{AdminRules, BounceRule, Criteria, SuspendRule};
+use crate::queue::admin::{AdminRules, BounceRule, Criteria, ReadySuspendRule, SuspendRule};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -108,6 +109,19 @@ struct RebindRequest {
     suppress_logging: bool,
     #[serde(default)]
     trigger_rebind_event: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadySuspendRequest {
+    /// The ready queue (`source->site@smtp_client`, as in the logs'
+    /// `site` field and the metrics' `smtp_client:` services).
+    name: String,
+    reason: String,
+    #[serde(default)]
+    duration: Option<String>,
+    #[serde(default)]
+    expires: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -480,6 +494,69 @@ pub async fn inspect_message(
             }
             Ok(json_ok(json!({ "id": id.to_string(), "message": message })))
         }
+        .await,
+    )
+}
+
+pub async fn suspend_ready_create(
+    State(listener): State<Arc<HttpListener>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(
+        async {
+            let request: ReadySuspendRequest = parse(&headers, body).await?;
+            if request.reason.trim().is_empty() {
+                return Err(ApiError::bad("reason must not be empty"));
+            }
+            if request.name.trim().is_empty() {
+                return Err(ApiError::bad("name (the ready queue) must not be empty"));
+            }
+            let expires = expiry(request.duration.as_deref(), request.expires.as_deref())?;
+            let queues = queues(&listener)?;
+            let rule = Arc::new(ReadySuspendRule::new(request.name, request.reason, expires));
+            tracing::warn!(
+                "admin suspend-ready-q {}: {} ({}) until {}",
+                rule.id,
+                rule.name,
+                rule.reason,
+                humantime::format_rfc3339_seconds(rule.expires)
+            );
+            queues.admin.add_ready_suspension(rule.clone());
+            Ok(json_ok(json!({ "id": rule.id })))
+        }
+        .await,
+    )
+}
+
+pub async fn suspend_ready_list(State(listener): State<Arc<HttpListener>>) -> Response {
+    answer(queues(&listener).map(|queues| {
+        let list = queues.admin.ready_suspensions().into_iter().map(|rule| {
+            json!({
+                "id": rule.id,
+                "name": rule.name,
+                "reason": rule.reason,
+                "duration": remaining(rule.expires),
+                "expires": humantime::format_rfc3339_seconds(rule.expires).to_string(),
+            })
+        });
+        json_ok(Value::Array(list.collect()))
+    }))
+}
+
+pub async fn suspend_ready_cancel(
+    State(listener): State<Arc<HttpListener>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(
+        cancel(
+            &listener,
+            headers,
+            body,
+            "ready-queue suspension",
+            AdminRules::cancel_ready_suspension,
+        )
         .await,
     )
 }

@@ -261,6 +261,12 @@ pub fn router(listener: Arc<HttpListener>) -> Router {
                 .get(admin::suspend_list)
                 .delete(admin::suspend_cancel),
         )
+        .route(
+            "/api/admin/suspend-ready-q/v1",
+            post(admin::suspend_ready_create)
+                .get(admin::suspend_ready_list)
+                .delete(admin::suspend_ready_cancel),
+        )
         .route("/api/admin/rebind/v1", post(admin::rebind))
         .route("/api/admin/inspect-message/v1", get(admin::inspect_message))
         .route("/api/admin/bump-config-epoch", post(bump_config_epoch))

@@ -228,6 +228,28 @@ pub fn openapi_spec() -> String {
                     }
                 }
             },
+            "/api/admin/suspend-ready-q/v1": {
+                "post": {
+                    "operationId": "suspend_ready_q_v1",
+                    "summary": "Suspend one ready queue (source->site): source selection skips it and its waiting messages are not sent. Body: {name, reason, duration? (default 5m), expires?}; answer {id}.",
+                    "responses": {
+                        "200": { "description": "The rule is active." },
+                        "400": error_response("Invalid JSON, an unknown field, an empty name or reason, or a bad duration/expires."),
+                        "401": text_response("The peer is not a trusted host."),
+                        "503": error_response("The queues are not running yet.")
+                    }
+                },
+                "get": {
+                    "operationId": "suspend_ready_q_list_v1",
+                    "summary": "The active ready-queue suspensions.",
+                    "responses": { "200": { "description": "A JSON array." }, "401": text_response("The peer is not a trusted host.") }
+                },
+                "delete": {
+                    "operationId": "suspend_ready_q_cancel_v1",
+                    "summary": "End a ready-queue suspension: body {id}.",
+                    "responses": { "200": { "description": "Cancelled." }, "404": error_response("No active rule has that id."), "401": text_response("The peer is not a trusted host.") }
+                }
+            },
             "/api/admin/rebind/v1": {
                 "post": {
                     "operationId": "rebind_v1",

@@ -136,6 +136,42 @@ impl SuspendRule {
     }
 }
 
+/// An active `POST /api/admin/suspend-ready-q/v1`: one ready queue (a
+/// source towards a site) is skipped by source selection and sends
+/// nothing.
+#[derive(Debug)]
+pub struct ReadySuspendRule {
+    pub id: Uuid,
+    /// The ready queue's name (`source->site@smtp_client`).
+    pub name: String,
+    pub reason: String,
+    pub expires: SystemTime,
+}
+
+impl ReadySuspendRule {
+    pub fn new(name: String, reason: String, expires: SystemTime) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            name,
+            reason,
+            expires,
+        }
+    }
+
+    /// The response of the `TransientFailure` a message waiting in the
+    /// suspended ready queue gets.
+    pub fn response(&self) -> Response {
+        internal(
+            451,
+            "4.4.4",
+            &format!(
+                "KumoMTA internal: ready queue is suspended: {}",
+                self.reason
+            ),
+        )
+    }
+}
+
 /// The active rules. Expired rules are dropped whenever the rules are
 /// looked at, and [`AdminRules::any`] goes back to false once none is
 /// left, so the queues' fast path costs one atomic load again.
@@ -143,6 +179,7 @@ impl SuspendRule {
 pub struct AdminRules {
     bounces: Mutex<Vec<Arc<BounceRule>>>,
     suspensions: Mutex<Vec<Arc<SuspendRule>>>,
+    ready_suspensions: Mutex<Vec<Arc<ReadySuspendRule>>>,
     /// Whether any rule may be active: the queues' fast path.
     any: AtomicBool,
 }
@@ -240,9 +277,53 @@ impl AdminRules {
     fn refresh_any(&self) {
         let bounces = self.bounces.lock();
         let suspensions = self.suspensions.lock();
-        if bounces.is_empty() && suspensions.is_empty() {
+        let ready = self.ready_suspensions.lock();
+        if bounces.is_empty() && suspensions.is_empty() && ready.is_empty() {
             self.any.store(false, Ordering::Release);
         }
+    }
+
+    pub fn add_ready_suspension(&self, rule: Arc<ReadySuspendRule>) {
+        let mut rules = self.ready_suspensions.lock();
+        prune(&mut rules, |r| r.expires);
+        rules.push(rule);
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// The active ready-queue suspensions, oldest first.
+    pub fn ready_suspensions(&self) -> Vec<Arc<ReadySuspendRule>> {
+        let mut rules = self.ready_suspensions.lock();
+        prune(&mut rules, |r| r.expires);
+        rules.clone()
+    }
+
+    /// Remove ready-queue suspension `id`; false when there is no such
+    /// active rule.
+    pub fn cancel_ready_suspension(&self, id: Uuid) -> bool {
+        let found = cancel(&mut self.ready_suspensions.lock(), id, |r| {
+            (r.id, r.expires)
+        });
+        self.refresh_any();
+        found
+    }
+
+    /// The active suspension of ready queue `name`, if any.
+    pub fn ready_suspension_for(&self, name: &str) -> Option<Arc<ReadySuspendRule>> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        let (found, empty) = {
+            let mut rules = self.ready_suspensions.lock();
+            prune(&mut rules, |r| r.expires);
+            (
+                rules.iter().find(|r| r.name == name).cloned(),
+                rules.is_empty(),
+            )
+        };
+        if empty {
+            self.refresh_any();
+        }
+        found
     }
 }
 

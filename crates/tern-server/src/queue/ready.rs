@@ -617,17 +617,16 @@ async fn run_session(
                 super::admin::bounce_message(mgr, &rule, msg, &queue).await;
                 continue;
             }
-            if let Some(rule) = mgr.admin.suspension_for(&queue) {
+            let suspended = match mgr.admin.suspension_for(&queue) {
+                Some(rule) => Some(rule.response()),
+                None => mgr
+                    .admin
+                    .ready_suspension_for(&ready.name)
+                    .map(|rule| rule.response()),
+            };
+            if let Some(response) = suspended {
                 count_outcome(mgr, ready, RecordType::TransientFailure);
-                disposition::transient(
-                    mgr,
-                    msg,
-                    &queue,
-                    &ready.name,
-                    rule.response(),
-                    Some(&facts),
-                )
-                .await;
+                disposition::transient(mgr, msg, &queue, &ready.name, response, Some(&facts)).await;
                 continue;
             }
         }

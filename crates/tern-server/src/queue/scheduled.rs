@@ -690,7 +690,12 @@ async fn promote(
     let mut any_full = false;
     let chosen = queue.state.lock().wrr.select(
         &pool.weights,
-        |k| readies[k].is_some() && !mgr.source_suspended(&pool.sources[k].name),
+        |k| {
+            readies[k].as_ref().is_some_and(|ready| {
+                !mgr.source_suspended(&pool.sources[k].name)
+                    && mgr.admin.ready_suspension_for(&ready.name).is_none()
+            })
+        },
         |k| {
             let Some(ready) = &readies[k] else {
                 return false;
