@@ -35,7 +35,7 @@ use std::sync::Arc;
 use tern_policy::{LuaRegistrar, from_lua_params};
 
 pub use client::ClientParams;
-pub use tls::TrustRoots;
+pub use tls::{TrustRoots, client_config};
 pub use url_params::build_url;
 
 /// Installs `kumo.http` in every Lua state of the policy engine.

@@ -52,7 +52,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// The rustls configuration for one client.
-pub(crate) fn client_config(
+pub fn client_config(
     roots: &TrustRoots,
     accept_invalid_certs: bool,
 ) -> Result<ClientConfig, String> {

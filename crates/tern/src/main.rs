@@ -28,6 +28,9 @@ enum Command {
     /// Load-testing tools: a mail generator and a test sink.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Talk to a running server's admin API: bounce, suspend, rebind, inspect, metrics.
+    #[command(alias = "kcli")]
+    Admin(tern_admin::AdminArgs),
 }
 
 #[derive(Subcommand)]
@@ -43,6 +46,7 @@ fn main() {
     let code = match cli.command {
         Command::Serve(options) => run_serve(options),
         Command::Bench(command) => run_bench(command),
+        Command::Admin(args) => run_admin(args),
         Command::Logs(args) => match tern_log::cli::run(args) {
             Ok(()) => 0,
             Err(err) => {
@@ -54,16 +58,38 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run_bench(command: BenchCommand) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+/// A runtime for the client commands, or the exit code after saying why
+/// there is none.
+fn client_runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, i32> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().map_err(|err| {
+        eprintln!("tern: cannot start the runtime: {err}");
+        2
+    })
+}
+
+fn run_admin(args: tern_admin::AdminArgs) -> i32 {
+    let runtime = match client_runtime(false) {
         Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    match runtime.block_on(tern_admin::run(args)) {
+        Ok(code) => code,
         Err(err) => {
-            eprintln!("tern: cannot start the runtime: {err}");
-            return 2;
+            eprintln!("tern admin: {err:#}");
+            1
         }
+    }
+}
+
+fn run_bench(command: BenchCommand) -> i32 {
+    let runtime = match client_runtime(true) {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
     };
     let result = runtime.block_on(async move {
         match command {
