@@ -162,6 +162,18 @@ pub enum AdminCommand {
         #[arg(long)]
         want_body: bool,
     },
+    /// Show a scheduled queue and a sample of its messages.
+    InspectSchedQ {
+        /// The scheduled queue (`campaign:tenant@domain`).
+        #[arg(long)]
+        queue_name: String,
+        /// Include each message's content.
+        #[arg(long)]
+        want_body: bool,
+        /// At most this many messages (all when absent).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Bump the configuration epoch (reload the policy in new Lua states).
     BumpConfigEpoch,
     /// Show facts about the server's host.
@@ -340,6 +352,21 @@ pub fn request_for(command: AdminCommand) -> anyhow::Result<(Method, String, Opt
             format!("/api/admin/inspect-message/v1?id={id}&want_body={want_body}"),
             None,
         ),
+        AdminCommand::InspectSchedQ {
+            queue_name,
+            want_body,
+            limit,
+        } => {
+            let limit = limit.map(|n| format!("&limit={n}")).unwrap_or_default();
+            (
+                Method::GET,
+                format!(
+                    "/api/admin/inspect-sched-q/v1?queue_name={}&want_body={want_body}{limit}",
+                    query_escape(&queue_name)
+                ),
+                None,
+            )
+        }
         AdminCommand::BumpConfigEpoch => {
             (Method::POST, "/api/admin/bump-config-epoch".into(), None)
         }
@@ -349,6 +376,19 @@ pub fn request_for(command: AdminCommand) -> anyhow::Result<(Method, String, Opt
             (Method::GET, path.into(), None)
         }
     })
+}
+
+/// Percent-encode a query value (queue names hold `@`, `:` and `!`).
+fn query_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -372,6 +412,11 @@ mod tests {
             ..Default::default()
         };
         assert!(both.fill(&mut Map::new()).is_err());
+    }
+
+    #[test]
+    fn queue_names_are_escaped_in_queries() {
+        assert_eq!(query_escape("c:t@example.com!r"), "c%3At%40example.com%21r");
     }
 
     #[test]

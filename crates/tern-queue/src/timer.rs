@@ -300,6 +300,30 @@ impl<T> TimerWheel<T> {
         out
     }
 
+    /// Up to `limit` items with their due times (as in
+    /// [`Self::drain_all_with_due`]), without taking them out, in no
+    /// particular order (admin inspection).
+    pub fn sample_with_due(&self, limit: usize) -> Vec<(SystemTime, &T)> {
+        let overdue_at = self.time_of_tick(self.current.saturating_sub(1));
+        let mut out: Vec<(SystemTime, &T)> = self
+            .overdue
+            .iter()
+            .take(limit)
+            .map(|item| (overdue_at, item))
+            .collect();
+        for level in &self.levels {
+            for slot in &level.slots {
+                for entry in slot {
+                    if out.len() >= limit {
+                        return out;
+                    }
+                    out.push((self.time_of_tick(self.full_tick(entry.tick)), &entry.item));
+                }
+            }
+        }
+        out
+    }
+
     /// Keep only the items for which `keep` returns true.
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         self.overdue.retain(&mut keep);
@@ -472,16 +496,27 @@ mod tests {
         wheel.insert(at(150), 'a');
         wheel.insert(at(5000), 'b'); // a higher level
         wheel.insert(at(4_000_000), 'c'); // higher still
+        // Sampling sees the same items and times, and takes nothing out.
+        assert_eq!(wheel.sample_with_due(2).len(), 2, "limit honoured");
+        let mut sampled: Vec<(SystemTime, char)> = wheel
+            .sample_with_due(10)
+            .into_iter()
+            .map(|(t, c)| (t, *c))
+            .collect();
+        sampled.sort();
+        assert_eq!(wheel.len(), 4);
         let mut all = wheel.drain_all_with_due();
         all.sort();
         assert_eq!(all.len(), 4);
         assert!(wheel.is_empty());
         assert_eq!(wheel.next_deadline(), None);
         assert!(all[0].0 <= at(101) && all[0].1 == 'o', "{all:?}");
+        assert_eq!(sampled, all);
         assert_eq!(
             &all[1..],
             &[(at(150), 'a'), (at(5000), 'b'), (at(4_000_000), 'c')]
         );
+        assert!(wheel.sample_with_due(10).is_empty(), "drained");
         // Put back, they come due as before.
         for (due, item) in all {
             wheel.insert(due, item);

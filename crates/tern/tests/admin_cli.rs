@@ -52,6 +52,21 @@ end)
     let info: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(info["message"]["meta"]["tenant"], "acme");
 
+    let (code, out, err) = admin(
+        &endpoint,
+        &[
+            "inspect-sched-q",
+            "--queue-name",
+            "acme@example.com",
+            "--limit",
+            "1",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let queue: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(queue["num_scheduled"], 1, "{queue}");
+    assert_eq!(queue["messages"][0]["id"], id.as_str());
+
     // No criteria is refused locally, before anything is sent.
     let (code, _, err) = admin(&endpoint, &["bounce", "--reason", "x"]);
     assert_eq!(code, 1);

@@ -524,3 +524,53 @@ fn a_suspended_ready_queue_sends_nothing_until_cancelled() {
     });
     assert_eq!(sink.stats().messages, 1);
 }
+
+#[test]
+fn inspect_sched_q_lists_held_messages_with_their_due_times() {
+    let server = start_tern(head());
+    let http = server.listener("http");
+    let a = send(&server, "t8-hold-a@example.com");
+    let b = send(&server, "t8-hold-b@example.com");
+
+    let info = get(
+        http,
+        "/api/admin/inspect-sched-q/v1?queue_name=t8@example.com",
+    );
+    assert_eq!(info["queue_name"], "t8@example.com");
+    assert_eq!(info["num_scheduled"], 2, "{info}");
+    let messages = info["messages"].as_array().unwrap();
+    let mut ids: Vec<&str> = messages.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    ids.sort();
+    let mut want = vec![a.as_str(), b.as_str()];
+    want.sort();
+    assert_eq!(ids, want);
+    let now = chrono::Utc::now();
+    for entry in messages {
+        let message = &entry["message"];
+        assert_eq!(message["meta"]["tenant"], "t8");
+        assert_eq!(message["num_attempts"], 0);
+        let due = chrono::DateTime::parse_from_rfc3339(message["due"].as_str().unwrap()).unwrap();
+        let ahead = due.signed_duration_since(now).num_seconds();
+        assert!((3000..=3700).contains(&ahead), "held an hour: {ahead}s");
+        assert!(message.get("data").is_none());
+    }
+
+    let info = get(
+        http,
+        "/api/admin/inspect-sched-q/v1?queue_name=t8@example.com&limit=1&want_body=true",
+    );
+    let messages = info["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1);
+    assert!(
+        messages[0]["message"]["data"]
+            .as_str()
+            .unwrap()
+            .contains("Subject: t8-hold-")
+    );
+    assert_eq!(info["num_scheduled"], 2, "the count is of the whole queue");
+
+    let (code, body) = curl(&[&format!(
+        "http://{http}/api/admin/inspect-sched-q/v1?queue_name=nope.example"
+    )]);
+    assert_eq!(code, 404, "{body}");
+}

@@ -473,26 +473,122 @@ pub async fn inspect_message(
             let meta = reception.meta.load(id).await.map_err(load_error)?;
             let msg = tern_message::Message::from_meta_spool_only(id, &meta)
                 .map_err(|err| ApiError::Json(StatusCode::INTERNAL_SERVER_ERROR, err))?;
-            let recipients: Vec<String> = msg.recipients().iter().map(|r| r.to_string()).collect();
-            let recipient = match recipients.as_slice() {
-                [one] => json!(one),
-                _ => json!(recipients),
+            let data = if query.want_body {
+                Some(reception.data.load(id).await.map_err(load_error)?)
+            } else {
+                None
             };
-            let mut message = Map::new();
-            message.insert("sender".into(), json!(msg.sender().to_string()));
-            message.insert("recipient".into(), recipient);
-            message.insert("meta".into(), Value::Object(msg.meta()));
-            message.insert("scheduling".into(), msg.scheduling().unwrap_or(Value::Null));
-            message.insert("due".into(), Value::Null);
-            message.insert("num_attempts".into(), Value::Null);
-            if query.want_body {
-                let data = reception.data.load(id).await.map_err(load_error)?;
-                message.insert(
-                    "data".into(),
-                    json!(String::from_utf8_lossy(&data).into_owned()),
-                );
-            }
+            let message = message_info(&msg, None, None, data.as_deref());
             Ok(json_ok(json!({ "id": id.to_string(), "message": message })))
+        }
+        .await,
+    )
+}
+
+/// The `MessageInformation` of one message: envelope, meta, scheduling,
+/// due time and attempts when the queue knows them, content when read.
+fn message_info(
+    msg: &tern_message::Message,
+    due: Option<SystemTime>,
+    attempts: Option<u16>,
+    data: Option<&[u8]>,
+) -> Value {
+    let recipients: Vec<String> = msg.recipients().iter().map(|r| r.to_string()).collect();
+    let recipient = match recipients.as_slice() {
+        [one] => json!(one),
+        _ => json!(recipients),
+    };
+    let mut message = Map::new();
+    message.insert("sender".into(), json!(msg.sender().to_string()));
+    message.insert("recipient".into(), recipient);
+    message.insert("meta".into(), Value::Object(msg.meta()));
+    message.insert("scheduling".into(), msg.scheduling().unwrap_or(Value::Null));
+    message.insert(
+        "due".into(),
+        due.map_or(Value::Null, |at| json!(rfc3339(at))),
+    );
+    message.insert("num_attempts".into(), json!(attempts));
+    if let Some(data) = data {
+        message.insert("data".into(), json!(String::from_utf8_lossy(data)));
+    }
+    Value::Object(message)
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InspectQueueQuery {
+    queue_name: String,
+    #[serde(default)]
+    want_body: bool,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// `GET /api/admin/inspect-sched-q/v1?queue_name=..[&want_body=true][&limit=N]`:
+/// a scheduled queue's size, configuration, and a sample of its messages
+/// (all of them without `limit`), read back from the spool with their due
+/// times and attempt counts.
+pub async fn inspect_sched_q(
+    State(listener): State<Arc<HttpListener>>,
+    query: Result<
+        axum::extract::Query<InspectQueueQuery>,
+        axum::extract::rejection::QueryRejection,
+    >,
+) -> Response {
+    answer(
+        async {
+            let axum::extract::Query(query) =
+                query.map_err(|err| ApiError::bad(format!("invalid query: {err}")))?;
+            let queues = queues(&listener)?;
+            let Some(queue) = queues.scheduled.lock().get(&query.queue_name).cloned() else {
+                return Err(ApiError::Json(
+                    StatusCode::NOT_FOUND,
+                    format!("no scheduled queue named {:?}", query.queue_name),
+                ));
+            };
+            let sample = queue.sample(query.limit.unwrap_or(usize::MAX));
+            let reception = &queues.reception;
+            let mut messages = Vec::new();
+            for (due, msg) in &sample.messages {
+                let data = query.want_body.then(|| msg.data());
+                let info = message_info(msg, *due, Some(msg.num_attempts()), data.as_deref());
+                messages.push(json!({ "id": msg.id().to_string(), "message": info }));
+            }
+            for (due, entry) in &sample.waiting {
+                // An entry whose message is gone (delivered meanwhile, or
+                // unreadable) is left out of the sample.
+                let Ok(meta) = reception.meta.load(entry.id).await else {
+                    continue;
+                };
+                let Ok(msg) = tern_message::Message::from_meta_spool_only(entry.id, &meta) else {
+                    continue;
+                };
+                let data = if query.want_body {
+                    reception.data.load(entry.id).await.ok()
+                } else {
+                    None
+                };
+                let info = message_info(&msg, Some(*due), Some(entry.attempts), data.as_deref());
+                messages.push(json!({ "id": entry.id.to_string(), "message": info }));
+            }
+            let now = SystemTime::now();
+            let config = queue
+                .cached_config()
+                .and_then(|config| serde_json::to_value(&*config).ok())
+                .unwrap_or(Value::Null);
+            Ok(json_ok(json!({
+                "queue_name": queue.name,
+                "queue_config": config,
+                "delayed_metric": sample.len,
+                "now": rfc3339(now),
+                "last_changed": rfc3339(now.checked_sub(sample.idle_for).unwrap_or(now)),
+                "num_scheduled": sample.len,
+                "messages": messages,
+            })))
         }
         .await,
     )

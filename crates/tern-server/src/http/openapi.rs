@@ -262,6 +262,19 @@ pub fn openapi_spec() -> String {
                     }
                 }
             },
+            "/api/admin/inspect-sched-q/v1": {
+                "get": {
+                    "operationId": "inspect_sched_q_v1",
+                    "summary": "A scheduled queue: ?queue_name=..&want_body=bool&limit=N; answer {queue_name, queue_config, num_scheduled, delayed_metric, now, last_changed, messages: [{id, message}]}.",
+                    "responses": {
+                        "200": { "description": "The queue." },
+                        "400": error_response("A bad query."),
+                        "401": text_response("The peer is not a trusted host."),
+                        "404": error_response("No scheduled queue has that name."),
+                        "503": error_response("The queues are not running yet.")
+                    }
+                }
+            },
             "/api/admin/inspect-message/v1": {
                 "get": {
                     "operationId": "inspect_message_v1",

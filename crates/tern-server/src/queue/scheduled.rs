@@ -43,6 +43,14 @@ pub struct Waiting {
     pub attempts: u16,
 }
 
+/// What [`ScheduledQueue::sample`] saw.
+pub(crate) struct Sample {
+    pub messages: Vec<(Option<SystemTime>, Message)>,
+    pub waiting: Vec<(SystemTime, Waiting)>,
+    pub len: usize,
+    pub idle_for: Duration,
+}
+
 /// What [`ScheduledQueue::take_all`] took out of a queue.
 pub(crate) struct Taken {
     pub messages: Vec<(Option<SystemTime>, Message)>,
@@ -190,6 +198,40 @@ impl ScheduledQueue {
         );
         let waiting = state.wheel.drain_all_with_due();
         Taken { messages, waiting }
+    }
+
+    /// Up to `limit` of the queue's messages without taking them out (admin
+    /// inspection): the ones in memory as copies, the ones waiting on
+    /// disk as their entries; each with its due time (`None`: due now).
+    /// Also the number held and how long ago the queue last changed.
+    pub(crate) fn sample(&self, limit: usize) -> Sample {
+        let state = self.state.lock();
+        let mut messages: Vec<(Option<SystemTime>, Message)> = state
+            .due_now
+            .iter()
+            .map(|m| (None, m.clone()))
+            .chain(
+                state
+                    .unspooled_later
+                    .iter()
+                    .map(|(due, m)| (Some(*due), m.clone())),
+            )
+            .take(limit)
+            .collect();
+        messages.truncate(limit);
+        let room = limit - messages.len();
+        let waiting = state
+            .wheel
+            .sample_with_due(room)
+            .into_iter()
+            .map(|(due, entry)| (due, *entry))
+            .collect();
+        Sample {
+            messages,
+            waiting,
+            len: state.due_now.len() + state.wheel.len() + state.unspooled_later.len(),
+            idle_for: state.last_active.elapsed(),
+        }
     }
 
     /// Bytes the timer wheel has allocated (for the memory benchmark).
