@@ -178,6 +178,11 @@ pub enum AdminCommand {
     BumpConfigEpoch,
     /// Show facts about the server's host.
     MachineInfo,
+    /// Change the server's diagnostic log filter (KUMOD_LOG syntax) without a restart.
+    SetLogFilter {
+        /// For example `tern_server=debug,info`.
+        filter: String,
+    },
     /// Print the server's metrics (Prometheus text, or JSON with --json).
     Metrics {
         #[arg(long)]
@@ -371,6 +376,11 @@ pub fn request_for(command: AdminCommand) -> anyhow::Result<(Method, String, Opt
             (Method::POST, "/api/admin/bump-config-epoch".into(), None)
         }
         AdminCommand::MachineInfo => (Method::GET, "/api/machine-info".into(), None),
+        AdminCommand::SetLogFilter { filter } => (
+            Method::POST,
+            "/api/admin/set_diagnostic_log_filter/v1".into(),
+            Some(json!({ "filter": filter })),
+        ),
         AdminCommand::Metrics { json } => {
             let path = if json { "/metrics.json" } else { "/metrics" };
             (Method::GET, path.into(), None)

@@ -271,6 +271,7 @@ fn registrars(
         Arc::new(tern_dns::DnsRegistrar::new(dns.clone())),
         Arc::new(tern_queue::lua::QueueLuaRegistrar),
         Arc::new(tern_queue::ThrottleLuaRegistrar::new(throttles.clone())),
+        Arc::new(crate::diag::DiagRegistrar),
         Arc::new(tern_message::mimepart_lua::register),
         Arc::new(tern_luahttp::HttpRegistrar::default()),
         Arc::new(crate::reception::SaveRegistrar(spools_for_save.clone())),

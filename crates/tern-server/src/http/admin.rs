@@ -656,3 +656,23 @@ pub async fn suspend_ready_cancel(
         .await,
     )
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterRequest {
+    filter: String,
+}
+
+/// `POST /api/admin/set_diagnostic_log_filter/v1` with `{"filter": "..."}`
+/// (`KUMOD_LOG` syntax): change what the server's diagnostic log shows,
+/// without a restart.
+pub async fn set_diagnostic_log_filter(headers: HeaderMap, body: Body) -> Response {
+    answer(
+        async {
+            let request: FilterRequest = parse(&headers, body).await?;
+            crate::diag::set_filter(&request.filter).map_err(ApiError::bad)?;
+            Ok(json_ok(json!({})))
+        }
+        .await,
+    )
+}

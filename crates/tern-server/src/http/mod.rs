@@ -271,6 +271,10 @@ pub fn router(listener: Arc<HttpListener>) -> Router {
         .route("/api/admin/inspect-message/v1", get(admin::inspect_message))
         .route("/api/admin/inspect-sched-q/v1", get(admin::inspect_sched_q))
         .route("/api/admin/bump-config-epoch", post(bump_config_epoch))
+        .route(
+            "/api/admin/set_diagnostic_log_filter/v1",
+            post(admin::set_diagnostic_log_filter),
+        )
         .route("/api/machine-info", get(machine_info))
         .route("/metrics", get(metrics_text))
         .route("/metrics.json", get(metrics_json))

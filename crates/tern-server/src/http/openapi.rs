@@ -294,6 +294,17 @@ pub fn openapi_spec() -> String {
                     "responses": { "200": text_response("Empty."), "401": text_response("The peer is not a trusted host.") }
                 }
             },
+            "/api/admin/set_diagnostic_log_filter/v1": {
+                "post": {
+                    "operationId": "set_diagnostic_log_filter_v1",
+                    "summary": "Change the diagnostic log filter (KUMOD_LOG syntax): body {filter}; answer {}.",
+                    "responses": {
+                        "200": { "description": "The filter is in effect." },
+                        "400": error_response("Invalid JSON or an invalid filter."),
+                        "401": text_response("The peer is not a trusted host.")
+                    }
+                }
+            },
             "/api/machine-info": {
                 "get": {
                     "operationId": "machine_info",
