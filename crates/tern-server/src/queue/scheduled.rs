@@ -206,7 +206,7 @@ impl ScheduledQueue {
     /// Also the number held and how long ago the queue last changed.
     pub(crate) fn sample(&self, limit: usize) -> Sample {
         let state = self.state.lock();
-        let mut messages: Vec<(Option<SystemTime>, Message)> = state
+        let messages: Vec<(Option<SystemTime>, Message)> = state
             .due_now
             .iter()
             .map(|m| (None, m.clone()))
@@ -218,7 +218,6 @@ impl ScheduledQueue {
             )
             .take(limit)
             .collect();
-        messages.truncate(limit);
         let room = limit - messages.len();
         let waiting = state
             .wheel
