@@ -23,7 +23,12 @@ use std::time::Duration;
 pub struct AdminArgs {
     /// Base URL of one of the server's HTTP listeners. The admin API only
     /// answers trusted hosts (loopback by default).
-    #[arg(long, default_value = "http://127.0.0.1:8000", global = true)]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8000",
+        env = "KUMO_KCLI_ENDPOINT",
+        global = true
+    )]
     pub endpoint: String,
     /// With an https endpoint: accept any certificate (for the server's
     /// self-signed one). The connection is still encrypted.
@@ -46,6 +51,10 @@ pub struct Criteria {
     pub tenant: Option<String>,
     #[arg(long)]
     pub campaign: Option<String>,
+    /// An exact scheduled queue name (repeat for several); replaces the
+    /// other criteria on the server.
+    #[arg(long = "queue", value_name = "QUEUE")]
+    pub queues: Vec<String>,
     /// Apply to every queue. Required when no other criterion is given,
     /// so that "everything" is never an accident.
     #[arg(long)]
@@ -66,6 +75,10 @@ impl Criteria {
                 body.insert(key.into(), json!(value));
                 any = true;
             }
+        }
+        if !self.queues.is_empty() {
+            body.insert("queue_names".into(), json!(self.queues));
+            any = true;
         }
         if !any && !self.everything {
             bail!(
@@ -156,7 +169,6 @@ pub enum AdminCommand {
     /// Show a message as the spool holds it.
     InspectMessage {
         /// The spool id (as in `ids=` replies and log records).
-        #[arg(long)]
         id: String,
         /// Include the message content.
         #[arg(long)]
@@ -165,14 +177,17 @@ pub enum AdminCommand {
     /// Show a scheduled queue and a sample of its messages.
     InspectSchedQ {
         /// The scheduled queue (`campaign:tenant@domain`).
-        #[arg(long)]
         queue_name: String,
         /// Include each message's content.
         #[arg(long)]
         want_body: bool,
-        /// At most this many messages (all when absent).
-        #[arg(long)]
-        limit: Option<usize>,
+        /// At most this many messages.
+        #[arg(long, default_value_t = 5)]
+        limit: usize,
+        /// Every message of the queue (can be slow and large on a big
+        /// queue: each one is read back from the spool).
+        #[arg(long, conflicts_with = "limit")]
+        no_limit: bool,
     },
     /// Bump the configuration epoch (reload the policy in new Lua states).
     BumpConfigEpoch,
@@ -354,15 +369,23 @@ pub fn request_for(command: AdminCommand) -> anyhow::Result<(Method, String, Opt
         }
         AdminCommand::InspectMessage { id, want_body } => (
             Method::GET,
-            format!("/api/admin/inspect-message/v1?id={id}&want_body={want_body}"),
+            format!(
+                "/api/admin/inspect-message/v1?id={}&want_body={want_body}",
+                query_escape(&id)
+            ),
             None,
         ),
         AdminCommand::InspectSchedQ {
             queue_name,
             want_body,
             limit,
+            no_limit,
         } => {
-            let limit = limit.map(|n| format!("&limit={n}")).unwrap_or_default();
+            let limit = if no_limit {
+                String::new()
+            } else {
+                format!("&limit={limit}")
+            };
             (
                 Method::GET,
                 format!(

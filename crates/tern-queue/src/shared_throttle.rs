@@ -11,8 +11,11 @@
 //! When Redis cannot be reached, the check falls back to the node-local
 //! registry and a warning is logged (at most once a minute): a throttle
 //! that stopped all mail because its store is down would turn a Redis
-//! outage into a delivery outage. Each node then enforces the limit on its
-//! own until Redis is back.
+//! outage into a delivery outage. Each Redis check is bounded
+//! ([`REDIS_CHECK_TIMEOUT`]), and after a failure the node stays local for
+//! [`REDIS_RETRY_AFTER`] before trying Redis again, so an outage costs at
+//! most one slow check per interval, not one per message. Each node then
+//! enforces the limit on its own until Redis is back.
 
 use crate::throttle::{ThrottleOutcome, ThrottleRegistry};
 use parking_lot::Mutex;
@@ -27,6 +30,8 @@ use tern_types::ThrottleSpec;
 /// expires once the throttle has fully recovered. Returns
 /// `{allowed, remaining, retry_after_us, reset_after_us}`.
 const GCRA_SCRIPT: &str = r#"
+-- Redis 3.2 to 4 refuse a write after TIME without this; a no-op on 5+.
+if redis.replicate_commands then redis.replicate_commands() end
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local interval = tonumber(ARGV[1])
@@ -41,9 +46,18 @@ if ahead > tolerance then
   if remaining < 0 then remaining = 0 end
   return {0, remaining, ahead - tolerance, used}
 end
-redis.call('SET', KEYS[1], next_tat, 'PX', math.ceil(ahead / 1000) + 1)
+-- Integers as strings: Redis 7 may write a large float as "3e+09".
+redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX',
+  string.format('%d', math.ceil(ahead / 1000) + 1))
 return {1, math.floor((tolerance - ahead) / interval), 0, ahead}
 "#;
+
+/// The longest one shared check may take before the local throttle
+/// answers instead: throttle checks sit on the promotion and delivery
+/// paths, one message at a time.
+pub const REDIS_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long checks stay node-local after Redis failed one.
+pub const REDIS_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// A connection to the Redis that holds shared throttles.
 pub struct RedisThrottles {
@@ -136,6 +150,8 @@ pub struct Throttles {
     redis: OnceLock<RedisThrottles>,
     /// When the last "Redis unavailable" warning was logged.
     last_warning: Mutex<Option<Instant>>,
+    /// Until when checks stay node-local after a Redis failure.
+    redis_down_until: Mutex<Option<Instant>>,
 }
 
 impl Throttles {
@@ -167,13 +183,36 @@ impl Throttles {
     pub async fn check(&self, key: &str, spec: &ThrottleSpec) -> ThrottleOutcome {
         if !spec.force_local
             && let Some(redis) = self.redis.get()
+            && !self.redis_resting()
         {
-            match redis.check(key, spec).await {
-                Ok(outcome) => return outcome,
-                Err(err) => self.warn(&err),
+            match tokio::time::timeout(REDIS_CHECK_TIMEOUT, redis.check(key, spec)).await {
+                Ok(Ok(outcome)) => return outcome,
+                Ok(Err(err)) => self.redis_failed(&err),
+                Err(_) => self.redis_failed(&format!(
+                    "Redis at {} did not answer within {REDIS_CHECK_TIMEOUT:?}",
+                    redis.node
+                )),
             }
         }
         self.local.check_detailed(key, spec, Instant::now())
+    }
+
+    /// Whether Redis failed recently enough that checks stay local.
+    fn redis_resting(&self) -> bool {
+        let mut until = self.redis_down_until.lock();
+        match *until {
+            Some(at) if Instant::now() < at => true,
+            Some(_) => {
+                *until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn redis_failed(&self, err: &str) {
+        *self.redis_down_until.lock() = Some(Instant::now() + REDIS_RETRY_AFTER);
+        self.warn(err);
     }
 
     fn warn(&self, err: &str) {

@@ -95,6 +95,11 @@ impl LuaRegistrar for ThrottleLuaRegistrar {
                     const FUNCTION: &str = "kumo.configure_redis_throttles";
                     let config: RedisConfig = from_lua_params(&lua, params, FUNCTION)?;
                     let params = redis_params(config).map_err(mlua::Error::runtime)?;
+                    // `--validate` checks the parameters but contacts
+                    // nothing, as with every other init-time function.
+                    if tern_policy::PolicyEngine::from_lua(&lua)?.is_validating() {
+                        return Ok(());
+                    }
                     let redis = RedisThrottles::connect(&params)
                         .await
                         .map_err(|err| mlua::Error::runtime(format!("{FUNCTION}: {err}")))?;

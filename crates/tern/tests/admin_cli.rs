@@ -47,20 +47,14 @@ end)
         .unwrap();
     let id = ids_from(&reply)[0].clone();
 
-    let (code, out, err) = admin(&endpoint, &["inspect-message", "--id", &id]);
+    let (code, out, err) = admin(&endpoint, &["inspect-message", &id]);
     assert_eq!(code, 0, "{err}");
     let info: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(info["message"]["meta"]["tenant"], "acme");
 
     let (code, out, err) = admin(
         &endpoint,
-        &[
-            "inspect-sched-q",
-            "--queue-name",
-            "acme@example.com",
-            "--limit",
-            "1",
-        ],
+        &["inspect-sched-q", "acme@example.com", "--limit", "1"],
     );
     assert_eq!(code, 0, "{err}");
     let queue: Value = serde_json::from_str(&out).unwrap();

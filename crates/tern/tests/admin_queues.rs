@@ -512,6 +512,11 @@ fn a_suspended_ready_queue_sends_nothing_until_cancelled() {
         "{held}"
     );
     assert_eq!(sink.stats().messages, 0);
+    assert_eq!(
+        sink.stats().connections,
+        0,
+        "no connection from a suspended source"
+    );
 
     let (code, body) = delete(
         http,

@@ -117,6 +117,46 @@ fn two_nodes_share_one_budget_and_local_specs_stay_per_node() {
         !keys.contains("mail-from-local"),
         "local specs stay out of Redis: {keys}"
     );
+    // The key expires once the throttle has recovered: at most a minute.
+    let out = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "PTTL",
+            "lua-user-throttle-mail-from-shared",
+        ])
+        .output()
+        .unwrap();
+    let pttl: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!((1..=60_001).contains(&pttl), "PTTL {pttl}");
+
+    // Redis goes away: checks fall back to node-local throttles at once,
+    // so mail keeps flowing, each node enforcing the limit on its own.
+    drop(redis);
+    let started = Instant::now();
+    assert_eq!(mail_from(&a, "after@example.com"), 250);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(mail_from(&a, "after@example.com"), 250);
+    assert_eq!(mail_from(&a, "after@example.com"), 250);
+    assert_eq!(
+        mail_from(&a, "after@example.com"),
+        451,
+        "the local budget applies"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        a.output().contains("using node-local throttles"),
+        "{}",
+        a.output()
+    );
 }
 
 #[test]
@@ -134,5 +174,24 @@ fn an_unreachable_redis_stops_startup_naming_it() {
         output.contains("kumo.configure_redis_throttles")
             && output.contains(&format!("127.0.0.1:{port}")),
         "{output}"
+    );
+}
+
+#[test]
+fn validating_a_policy_does_not_contact_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("init.lua");
+    let policy = policy(closed_port()).replace("{dir}", &dir.path().display().to_string());
+    std::fs::write(&path, policy).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["serve", "--validate", "--policy"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }

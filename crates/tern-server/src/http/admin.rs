@@ -273,13 +273,7 @@ pub async fn bounce_create(
         async {
             let new = parse::<RuleRequest>(&headers, body).await?.check()?;
             let queues = queues(&listener)?;
-            log_rule(
-                "bounce",
-                Uuid::nil(),
-                &new.criteria,
-                &new.reason,
-                new.expires,
-            );
+
             let suppress = new.suppress_logging.unwrap_or(false);
             let rule = Arc::new(BounceRule::new(
                 new.criteria,
@@ -287,6 +281,13 @@ pub async fn bounce_create(
                 new.expires,
                 suppress,
             ));
+            log_rule(
+                "bounce",
+                rule.id,
+                &rule.criteria,
+                &rule.reason,
+                rule.expires,
+            );
             queues.admin.add_bounce(rule.clone());
             // The sweep runs after the answer, as in KumoMTA; the counts
             // are in the GET listing.
@@ -619,6 +620,12 @@ pub async fn suspend_ready_create(
                 humantime::format_rfc3339_seconds(rule.expires)
             );
             queues.admin.add_ready_suspension(rule.clone());
+            // What already waits in that ready queue is failed over now
+            // (the queue opens no connection while suspended).
+            let ready = queues.ready.lock().get(&rule.name).cloned();
+            if let Some(ready) = ready {
+                ready.maybe_spawn(&queues);
+            }
             Ok(json_ok(json!({ "id": rule.id })))
         }
         .await,

@@ -238,15 +238,15 @@ impl AdminRules {
         if !self.any.load(Ordering::Acquire) {
             return None;
         }
-        let (found, empty) = {
+        let (found, emptied) = {
             let mut rules = self.bounces.lock();
-            prune(&mut rules, |r| r.expires);
+            let pruned = prune(&mut rules, |r| r.expires);
             (
                 first_match(&rules, queue, |r| &r.criteria),
-                rules.is_empty(),
+                pruned && rules.is_empty(),
             )
         };
-        if empty {
+        if emptied {
             self.refresh_any();
         }
         found
@@ -257,15 +257,15 @@ impl AdminRules {
         if !self.any.load(Ordering::Acquire) {
             return None;
         }
-        let (found, empty) = {
+        let (found, emptied) = {
             let mut rules = self.suspensions.lock();
-            prune(&mut rules, |r| r.expires);
+            let pruned = prune(&mut rules, |r| r.expires);
             (
                 first_match(&rules, queue, |r| &r.criteria),
-                rules.is_empty(),
+                pruned && rules.is_empty(),
             )
         };
-        if empty {
+        if emptied {
             self.refresh_any();
         }
         found
@@ -312,24 +312,27 @@ impl AdminRules {
         if !self.any.load(Ordering::Acquire) {
             return None;
         }
-        let (found, empty) = {
+        let (found, emptied) = {
             let mut rules = self.ready_suspensions.lock();
-            prune(&mut rules, |r| r.expires);
+            let pruned = prune(&mut rules, |r| r.expires);
             (
                 rules.iter().find(|r| r.name == name).cloned(),
-                rules.is_empty(),
+                pruned && rules.is_empty(),
             )
         };
-        if empty {
+        if emptied {
             self.refresh_any();
         }
         found
     }
 }
 
-fn prune<R>(rules: &mut Vec<Arc<R>>, expires: impl Fn(&R) -> SystemTime) {
+/// Drop expired rules; true when one was dropped.
+fn prune<R>(rules: &mut Vec<Arc<R>>, expires: impl Fn(&R) -> SystemTime) -> bool {
     let now = SystemTime::now();
+    let before = rules.len();
     rules.retain(|r| expires(r) > now);
+    rules.len() != before
 }
 
 fn cancel<R>(rules: &mut Vec<Arc<R>>, id: Uuid, key: impl Fn(&R) -> (Uuid, SystemTime)) -> bool {

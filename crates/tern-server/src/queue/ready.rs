@@ -92,8 +92,9 @@ impl DeliveryCounts {
     }
 }
 
-/// Count one outcome for `ready` and in the totals.
-fn count_outcome(mgr: &QueueManager, ready: &ReadyQueue, kind: RecordType) {
+/// Count an outcome for `recipients` recipients, for `ready` and in the
+/// totals.
+fn count_outcome(mgr: &QueueManager, ready: &ReadyQueue, kind: RecordType, recipients: usize) {
     let totals = &mgr.delivery_totals;
     let (mine, total) = match kind {
         RecordType::Delivery => (&ready.counts.delivered, &totals.delivered),
@@ -101,8 +102,8 @@ fn count_outcome(mgr: &QueueManager, ready: &ReadyQueue, kind: RecordType) {
         RecordType::Bounce => (&ready.counts.fail, &totals.fail),
         _ => return,
     };
-    mine.fetch_add(1, Ordering::Relaxed);
-    total.inc();
+    mine.fetch_add(recipients as u64, Ordering::Relaxed);
+    total.add(recipients as u64);
 }
 
 /// The ready queue `name`, created with its `get_egress_path_config`
@@ -242,9 +243,19 @@ impl ReadyQueue {
 
     /// Start connection tasks while messages outnumber connections and the
     /// limits allow.
-    fn maybe_spawn(self: &Arc<Self>, mgr: &Arc<QueueManager>) {
+    pub(crate) fn maybe_spawn(self: &Arc<Self>, mgr: &Arc<QueueManager>) {
         loop {
             if mgr.shutting_down() {
+                return;
+            }
+            // A suspended ready queue opens no connection (the site may be
+            // refusing this source): what waits in it is failed over to
+            // its retry schedule instead.
+            if let Some(rule) = mgr.admin.ready_suspension_for(&self.name) {
+                if !self.is_empty() {
+                    let (mgr, ready) = (mgr.clone(), self.clone());
+                    tokio::spawn(async move { fail_suspended(&mgr, &ready, &rule).await });
+                }
                 return;
             }
             let path = {
@@ -408,6 +419,11 @@ async fn connection_task(
     // maybe_spawn took the throttle's permission for the first connection.
     let mut first_connection = true;
     while !mgr.shutting_down() && !ready.is_empty() {
+        // Suspended by the operator meanwhile: no new connection.
+        if let Some(rule) = mgr.admin.ready_suspension_for(&ready.name) {
+            fail_suspended(&mgr, &ready, &rule).await;
+            break;
+        }
         if !std::mem::take(&mut first_connection)
             && let Some(wait) = ready.connection_rate_wait(&mgr, &path)
         {
@@ -482,7 +498,8 @@ async fn connection_task(
                 if let Some(msg) = ready.pop() {
                     let facts = ready.facts();
                     let queue = queue_of(&msg);
-                    count_outcome(&mgr, &ready, RecordType::TransientFailure);
+                    let recipients = msg.recipient_count();
+                    count_outcome(&mgr, &ready, RecordType::TransientFailure, recipients);
                     disposition::transient(&mgr, msg, &queue, &ready.name, response, Some(&facts))
                         .await;
                 }
@@ -522,6 +539,28 @@ async fn connection_task(
     ready.maybe_spawn(&mgr);
 }
 
+/// Give every message waiting in a suspended ready queue a
+/// `TransientFailure` with the suspension's text; each waits for its next
+/// retry (by then the suspension may be over, or source selection will
+/// pick another source).
+async fn fail_suspended(
+    mgr: &Arc<QueueManager>,
+    ready: &ReadyQueue,
+    rule: &super::admin::ReadySuspendRule,
+) {
+    let facts = ready.facts();
+    while let Some(msg) = ready.pop() {
+        let queue = queue_of(&msg);
+        count_outcome(
+            mgr,
+            ready,
+            RecordType::TransientFailure,
+            msg.recipient_count(),
+        );
+        disposition::transient(mgr, msg, &queue, &ready.name, rule.response(), Some(&facts)).await;
+    }
+}
+
 /// Fail every message waiting in the ready queue with `response`.
 async fn fail_all(
     mgr: &Arc<QueueManager>,
@@ -537,7 +576,7 @@ async fn fail_all(
         } else {
             RecordType::TransientFailure
         };
-        count_outcome(mgr, ready, kind);
+        count_outcome(mgr, ready, kind, msg.recipient_count());
         if permanent {
             disposition::bounce(
                 mgr,
@@ -600,11 +639,6 @@ async fn run_session(
         let msg = match ready.pop() {
             Some(msg) => msg,
             None => match wait_while_idle(mgr, ready, path.idle_timeout, &mut shutdown).await {
-                Some(msg) if !conn.still_open() => {
-                    ready.unpop(msg);
-                    closed_while_idle = true;
-                    break;
-                }
                 Some(msg) => msg,
                 None => break,
             },
@@ -625,7 +659,8 @@ async fn run_session(
                     .map(|rule| rule.response()),
             };
             if let Some(response) = suspended {
-                count_outcome(mgr, ready, RecordType::TransientFailure);
+                let recipients = msg.recipient_count();
+                count_outcome(mgr, ready, RecordType::TransientFailure, recipients);
                 disposition::transient(mgr, msg, &queue, &ready.name, response, Some(&facts)).await;
                 continue;
             }
@@ -659,6 +694,13 @@ async fn run_session(
                     .await;
                 break;
             }
+        }
+        // The peer may have closed the connection while this session
+        // waited (for a message, or for a throttle): one poll, no wait.
+        if !conn.still_open() {
+            ready.unpop(msg);
+            closed_while_idle = true;
+            break;
         }
         deliver_one(mgr, ready, path, &mut conn, msg, &facts, retry_elsewhere).await;
         if mgr.shutting_down() {
@@ -889,7 +931,7 @@ async fn settle(
             Outcome::Permanent => RecordType::Bounce,
             Outcome::Transient => RecordType::TransientFailure,
         };
-        count_outcome(mgr, ready, kind);
+        count_outcome(mgr, ready, kind, 1);
         let response = to_log_response(&response);
         if outcome == Outcome::Transient {
             first_transient.get_or_insert_with(|| response.clone());

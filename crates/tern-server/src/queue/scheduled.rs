@@ -542,6 +542,10 @@ async fn insert_throttle(mgr: &QueueManager, msg: &Message) -> Option<Duration> 
         return None;
     }
     let before = msg.due();
+    // Short waits are taken here for at most one tick in all; a handler
+    // that keeps asking for "a moment more" then goes the requeue way, so
+    // it cannot hold this queue's maintainer forever.
+    let mut waited = Duration::ZERO;
     loop {
         let m = msg.clone();
         if let Err(err) = mgr
@@ -561,9 +565,10 @@ async fn insert_throttle(mgr: &QueueManager, msg: &Message) -> Option<Duration> 
             // and no loop.
             return None;
         }
-        if wait >= TICK {
+        if wait >= TICK || waited + wait > TICK {
             return Some(wait);
         }
+        waited += wait;
         msg.set_due(before);
         if mgr.shutting_down() {
             return None;
