@@ -162,6 +162,10 @@ end)
     let received = of_type(&seen, "Reception").len();
     assert_eq!(received, attempt + 1, "one Reception per 250");
 
-    drop(server);
+    // Stop the server but keep its folder until the tmpfs inside it is
+    // unmounted: removing a folder that still holds a mount point fails,
+    // and the folder (spools, logs) would be left behind in /tmp.
+    let dir = server.stop();
     drop(small);
+    drop(dir);
 }
