@@ -452,8 +452,14 @@ fn a_bounce_reaches_messages_already_in_a_ready_queue() {
         send(&server, to);
     }
     // The first is being sent (its final dot is answered after 2 s); the
-    // other two wait in the ready queue for the one connection.
-    std::thread::sleep(Duration::from_millis(700));
+    // other two wait in the ready queue for the one connection. Wait for
+    // that connection rather than a fixed time, so a slow machine does not
+    // make the bounce come before promotion.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sink.stats().connections == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     let (code, body) = post(
         http,
         "/api/admin/bounce/v1",
