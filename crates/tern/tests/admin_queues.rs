@@ -86,6 +86,14 @@ fn spooled(dir: &Path, to: &str) -> usize {
         .count()
 }
 
+/// Wait (up to 10 s) until no spooled body names `to`.
+fn wait_until_unspooled(dir: &Path, to: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while spooled(dir, to) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_bounce_sweeps_held_messages_catches_new_ones_and_can_be_cancelled() {
     let server = start_tern(head());
@@ -159,11 +167,7 @@ fn a_bounce_sweeps_held_messages_catches_new_ones_and_can_be_cancelled() {
                 .starts_with("t1-hold-")
         );
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while spooled(server.dir(), "t1-hold-a@example.com") > 0 && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_unspooled(server.dir(), "t1-hold-a@example.com");
     assert_eq!(spooled(server.dir(), "t1-hold-a@example.com"), 0);
     assert_eq!(
         spooled(server.dir(), "t2-hold-a@example.com"),
@@ -386,10 +390,7 @@ end)
         r#"{"tenant": "t7", "reason": "drop", "data": {"queue": "null"}}"#,
     );
     assert_eq!(code, 200, "{body}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while spooled(server.dir(), "t7-hold@example.com") > 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_unspooled(server.dir(), "t7-hold@example.com");
     assert_eq!(spooled(server.dir(), "t7-hold@example.com"), 0);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(

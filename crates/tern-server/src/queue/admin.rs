@@ -172,57 +172,137 @@ impl ReadySuspendRule {
     }
 }
 
-/// The active rules. Expired rules are dropped whenever the rules are
-/// looked at, and [`AdminRules::any`] goes back to false once none is
+/// What every admin rule has: an id to cancel it by and an end.
+pub trait Rule {
+    fn id(&self) -> Uuid;
+    fn expires(&self) -> SystemTime;
+}
+
+macro_rules! impl_rule {
+    ($($kind:ty),*) => {$(
+        impl Rule for $kind {
+            fn id(&self) -> Uuid {
+                self.id
+            }
+            fn expires(&self) -> SystemTime {
+                self.expires
+            }
+        }
+    )*};
+}
+impl_rule!(BounceRule, SuspendRule, ReadySuspendRule);
+
+/// One kind of rule. Expired rules are dropped whenever the list is
+/// looked at.
+struct RuleList<R>(Mutex<Vec<Arc<R>>>);
+
+impl<R> Default for RuleList<R> {
+    fn default() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+}
+
+impl<R: Rule> RuleList<R> {
+    /// Add `rule` and raise `any` while the list is locked, so a
+    /// concurrent [`AdminRules::refresh_any`] cannot hide it.
+    fn add(&self, rule: Arc<R>, any: &AtomicBool) {
+        let mut rules = self.0.lock();
+        prune(&mut rules);
+        rules.push(rule);
+        any.store(true, Ordering::Release);
+    }
+
+    /// The active rules, oldest first.
+    fn active(&self) -> Vec<Arc<R>> {
+        let mut rules = self.0.lock();
+        prune(&mut rules);
+        rules.clone()
+    }
+
+    /// Remove rule `id`; false when no active rule has it.
+    fn cancel(&self, id: Uuid) -> bool {
+        let mut rules = self.0.lock();
+        prune(&mut rules);
+        let before = rules.len();
+        rules.retain(|r| r.id() != id);
+        rules.len() != before
+    }
+
+    /// The first active rule `find` picks out of the list, and whether
+    /// this lookup dropped the last rules (so the fast-path flag may
+    /// need clearing).
+    fn find(&self, find: impl FnOnce(&[Arc<R>]) -> Option<Arc<R>>) -> (Option<Arc<R>>, bool) {
+        let mut rules = self.0.lock();
+        let pruned = prune(&mut rules);
+        (find(&rules), pruned && rules.is_empty())
+    }
+}
+
+/// Drop expired rules; true when one was dropped.
+fn prune<R: Rule>(rules: &mut Vec<Arc<R>>) -> bool {
+    let now = SystemTime::now();
+    let before = rules.len();
+    rules.retain(|r| r.expires() > now);
+    rules.len() != before
+}
+
+/// The active rules. [`AdminRules::any`] goes back to false once none is
 /// left, so the queues' fast path costs one atomic load again.
 #[derive(Default)]
 pub struct AdminRules {
-    bounces: Mutex<Vec<Arc<BounceRule>>>,
-    suspensions: Mutex<Vec<Arc<SuspendRule>>>,
-    ready_suspensions: Mutex<Vec<Arc<ReadySuspendRule>>>,
+    bounces: RuleList<BounceRule>,
+    suspensions: RuleList<SuspendRule>,
+    ready_suspensions: RuleList<ReadySuspendRule>,
     /// Whether any rule may be active: the queues' fast path.
     any: AtomicBool,
 }
 
 impl AdminRules {
     pub fn add_bounce(&self, rule: Arc<BounceRule>) {
-        let mut rules = self.bounces.lock();
-        prune(&mut rules, |r| r.expires);
-        rules.push(rule);
-        self.any.store(true, Ordering::Release);
+        self.bounces.add(rule, &self.any);
     }
 
     pub fn add_suspension(&self, rule: Arc<SuspendRule>) {
-        let mut rules = self.suspensions.lock();
-        prune(&mut rules, |r| r.expires);
-        rules.push(rule);
-        self.any.store(true, Ordering::Release);
+        self.suspensions.add(rule, &self.any);
+    }
+
+    pub fn add_ready_suspension(&self, rule: Arc<ReadySuspendRule>) {
+        self.ready_suspensions.add(rule, &self.any);
     }
 
     /// The active bounce rules, oldest first.
     pub fn bounces(&self) -> Vec<Arc<BounceRule>> {
-        let mut rules = self.bounces.lock();
-        prune(&mut rules, |r| r.expires);
-        rules.clone()
+        self.bounces.active()
     }
 
     /// The active suspensions, oldest first.
     pub fn suspensions(&self) -> Vec<Arc<SuspendRule>> {
-        let mut rules = self.suspensions.lock();
-        prune(&mut rules, |r| r.expires);
-        rules.clone()
+        self.suspensions.active()
+    }
+
+    /// The active ready-queue suspensions, oldest first.
+    pub fn ready_suspensions(&self) -> Vec<Arc<ReadySuspendRule>> {
+        self.ready_suspensions.active()
     }
 
     /// Remove bounce rule `id`; false when there is no such active rule.
     pub fn cancel_bounce(&self, id: Uuid) -> bool {
-        let found = cancel(&mut self.bounces.lock(), id, |r| (r.id, r.expires));
+        let found = self.bounces.cancel(id);
         self.refresh_any();
         found
     }
 
     /// Remove suspension `id`; false when there is no such active rule.
     pub fn cancel_suspension(&self, id: Uuid) -> bool {
-        let found = cancel(&mut self.suspensions.lock(), id, |r| (r.id, r.expires));
+        let found = self.suspensions.cancel(id);
+        self.refresh_any();
+        found
+    }
+
+    /// Remove ready-queue suspension `id`; false when there is no such
+    /// active rule.
+    pub fn cancel_ready_suspension(&self, id: Uuid) -> bool {
+        let found = self.ready_suspensions.cancel(id);
         self.refresh_any();
         found
     }
@@ -235,117 +315,53 @@ impl AdminRules {
 
     /// The first active bounce rule matching `queue`.
     pub fn bounce_for(&self, queue: &str) -> Option<Arc<BounceRule>> {
-        if !self.any.load(Ordering::Acquire) {
-            return None;
-        }
-        let (found, emptied) = {
-            let mut rules = self.bounces.lock();
-            let pruned = prune(&mut rules, |r| r.expires);
-            (
-                first_match(&rules, queue, |r| &r.criteria),
-                pruned && rules.is_empty(),
-            )
-        };
-        if emptied {
-            self.refresh_any();
-        }
-        found
+        self.lookup(&self.bounces, |rules| {
+            first_match(rules, queue, |r| &r.criteria)
+        })
     }
 
     /// The first active suspension matching `queue`.
     pub fn suspension_for(&self, queue: &str) -> Option<Arc<SuspendRule>> {
-        if !self.any.load(Ordering::Acquire) {
-            return None;
-        }
-        let (found, emptied) = {
-            let mut rules = self.suspensions.lock();
-            let pruned = prune(&mut rules, |r| r.expires);
-            (
-                first_match(&rules, queue, |r| &r.criteria),
-                pruned && rules.is_empty(),
-            )
-        };
-        if emptied {
-            self.refresh_any();
-        }
-        found
-    }
-
-    /// Recompute the fast-path flag after rules were dropped. Both lists
-    /// are locked while it is cleared, so a rule being added (which sets
-    /// the flag under its list's lock) cannot be hidden.
-    fn refresh_any(&self) {
-        let bounces = self.bounces.lock();
-        let suspensions = self.suspensions.lock();
-        let ready = self.ready_suspensions.lock();
-        if bounces.is_empty() && suspensions.is_empty() && ready.is_empty() {
-            self.any.store(false, Ordering::Release);
-        }
-    }
-
-    pub fn add_ready_suspension(&self, rule: Arc<ReadySuspendRule>) {
-        let mut rules = self.ready_suspensions.lock();
-        prune(&mut rules, |r| r.expires);
-        rules.push(rule);
-        self.any.store(true, Ordering::Release);
-    }
-
-    /// The active ready-queue suspensions, oldest first.
-    pub fn ready_suspensions(&self) -> Vec<Arc<ReadySuspendRule>> {
-        let mut rules = self.ready_suspensions.lock();
-        prune(&mut rules, |r| r.expires);
-        rules.clone()
-    }
-
-    /// Remove ready-queue suspension `id`; false when there is no such
-    /// active rule.
-    pub fn cancel_ready_suspension(&self, id: Uuid) -> bool {
-        let found = cancel(&mut self.ready_suspensions.lock(), id, |r| {
-            (r.id, r.expires)
-        });
-        self.refresh_any();
-        found
+        self.lookup(&self.suspensions, |rules| {
+            first_match(rules, queue, |r| &r.criteria)
+        })
     }
 
     /// The active suspension of ready queue `name`, if any.
     pub fn ready_suspension_for(&self, name: &str) -> Option<Arc<ReadySuspendRule>> {
+        self.lookup(&self.ready_suspensions, |rules| {
+            rules.iter().find(|r| r.name == name).cloned()
+        })
+    }
+
+    /// A lookup behind the fast-path flag, which is cleared when the
+    /// lookup dropped the last rules.
+    fn lookup<R: Rule>(
+        &self,
+        list: &RuleList<R>,
+        find: impl FnOnce(&[Arc<R>]) -> Option<Arc<R>>,
+    ) -> Option<Arc<R>> {
         if !self.any.load(Ordering::Acquire) {
             return None;
         }
-        let (found, emptied) = {
-            let mut rules = self.ready_suspensions.lock();
-            let pruned = prune(&mut rules, |r| r.expires);
-            (
-                rules.iter().find(|r| r.name == name).cloned(),
-                pruned && rules.is_empty(),
-            )
-        };
+        let (found, emptied) = list.find(find);
         if emptied {
             self.refresh_any();
         }
         found
     }
-}
 
-/// Drop expired rules; true when one was dropped.
-fn prune<R>(rules: &mut Vec<Arc<R>>, expires: impl Fn(&R) -> SystemTime) -> bool {
-    let now = SystemTime::now();
-    let before = rules.len();
-    rules.retain(|r| expires(r) > now);
-    rules.len() != before
-}
-
-fn cancel<R>(rules: &mut Vec<Arc<R>>, id: Uuid, key: impl Fn(&R) -> (Uuid, SystemTime)) -> bool {
-    let now = SystemTime::now();
-    let active = rules.iter().any(|r| {
-        let (rule_id, expires) = key(r);
-        rule_id == id && expires > now
-    });
-    rules.retain(|r| {
-        let (rule_id, expires) = key(r);
-        rule_id != id && expires > now
-    });
-    active
+    /// Recompute the fast-path flag after rules were dropped. All lists
+    /// are locked while it is cleared, and a rule is added (and the flag
+    /// raised) under its list's lock, so no rule can be hidden.
+    fn refresh_any(&self) {
+        let bounces = self.bounces.0.lock();
+        let suspensions = self.suspensions.0.lock();
+        let ready = self.ready_suspensions.0.lock();
+        if bounces.is_empty() && suspensions.is_empty() && ready.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
+    }
 }
 
 fn first_match<R>(
@@ -701,7 +717,7 @@ mod tests {
         assert!(rules.bounce_for("x.example").is_some());
         std::thread::sleep(Duration::from_millis(80));
         assert!(rules.bounce_for("x.example").is_none());
-        assert!(rules.bounces.lock().is_empty());
+        assert!(rules.bounces.0.lock().is_empty(), "pruned, not only hidden");
         assert!(!rules.any.load(Ordering::Acquire));
     }
 }
